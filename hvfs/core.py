@@ -1,0 +1,672 @@
+"""The filesystem's logic, independent of the kernel interface.
+
+``fs.Operations`` translates FUSE requests into calls here; tests of the
+second tier call this class directly against a real nats-server. Reads are
+rendered from NATS at open; writes are buffered per handle and published at
+flush/fsync/close as a compare-and-swap on the revision seen at open.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from .config import MountConfig
+from .control import Conflicts, ErrorLog
+from .errors import (
+    Busy,
+    Conflict,
+    CrossDevice,
+    Exists,
+    HvfsError,
+    Invalid,
+    InvalidName,
+    IsADirectory,
+    NoAttr,
+    NotADirectory,
+    NotEmpty,
+    NotFound,
+    NotPermitted,
+    NotSupported,
+    ReadOnly,
+    TooLarge,
+    errno_of,
+)
+from .names import VALUE_NAME
+from .store import RESYNC, SYNCED, KvChange, Op, Store
+from .tree import Kind, KvView, Node, Tree
+
+__all__ = ["Core", "Handle"]
+
+log = logging.getLogger(__name__)
+
+_REV_RE = re.compile(rb"^(.+)@(\d+)$")
+_WRITE = os.O_WRONLY | os.O_RDWR
+#: What a connection carries at most by default; values are refused above it.
+DEFAULT_MAX_PAYLOAD = 1 << 20
+XATTRS = (b"user.hvfs.bucket", b"user.hvfs.key", b"user.hvfs.revision")
+
+
+@dataclass(slots=True)
+class Handle:
+    """An open file: the content fixed at open, and what this handle wrote."""
+
+    fh: int
+    node: Node
+    writable: bool
+    data: bytearray | bytes
+    base: int  # the revision seen at open; 0: the key must not exist
+    dirty: bool = False  # differs from what NATS has (a create or truncate counts)
+    wrote: bool = False  # write()/ftruncate() happened since the last publish
+    pid: int = 0
+    direct_io: bool = False
+    errors: list[str] = field(default_factory=list)
+
+
+class Core:
+    def __init__(self, store: Store, config: MountConfig | None = None, read_only: bool = False,
+                 max_payload: int = DEFAULT_MAX_PAYLOAD) -> None:
+        self.store = store
+        self.config = config or MountConfig()
+        self.read_only = read_only
+        self.max_payload = max_payload
+        self.tree = Tree()
+        self.conflicts = Conflicts()
+        self.errors = ErrorLog()
+        self.handles: dict[int, Handle] = {}
+        self._next_fh = 1
+        self.views: dict[str, list[KvView]] = {}  # bucket -> views
+        self._synced: dict[int, trio.Event] = {}  # id(view) -> set when snapshot complete
+        self._watches: dict[str, Any] = {}
+        self._bucket_scan = 0.0
+        self.started = time.time()
+        self.counters: dict[str, int] = {"opens": 0, "reads": 0, "publishes": 0, "conflicts": 0,
+                                         "changes_seen": 0}
+        self.self_pids: set[int] = set()  # threads whose requests touch nothing in NATS
+        self.on_change: list[Callable[[KvChange], None]] = []
+        self.kv_dir: Node | None = self.tree.mkdirs("kv") if self.config.raw else None
+        self.ctl = self.tree.mkdirs(".hvfs")
+        self.conflicts_dir = self.tree.mkdirs(".hvfs/conflicts")
+        self._ctl_file(self.ctl, b"status", self.render_status)
+        self._ctl_file(self.ctl, b"errors", self.errors.render)
+        self._ctl_file(self.conflicts_dir, b"index", self.conflicts.index)
+
+    # -- start-up -----------------------------------------------------------
+
+    def _ctl_file(self, parent: Node, name: bytes, render: Callable[[], bytes]) -> Node:
+        node = self.tree.new(Kind.CTRL, name, parent)
+        node.render = render
+        self.tree.attach(parent, node)
+        return node
+
+    async def start(self) -> None:
+        """Bind configured paths and (raw view) every bucket; wait for their snapshots."""
+        for b in self.config.bindings:
+            try:
+                await self.store.bucket(b.kv)
+            except NotFound:
+                if not b.create:
+                    raise
+                await self.store.create_bucket(b.kv)  # type: ignore[attr-defined]
+            root = self.tree.mkdirs(b.path)
+            await self._add_view(KvView(self.tree, root, b.kv, b.prefix))
+        if self.kv_dir is not None:
+            await self.refresh_buckets(force=True)
+
+    async def _add_view(self, view: KvView) -> None:
+        self.views.setdefault(view.bucket, []).append(view)
+        ev = trio.Event()
+        self._synced[id(view)] = ev
+        if view.bucket not in self._watches:
+            bucket = view.bucket
+            self._watches[bucket] = await self.store.watch(bucket, lambda items: self._on_watch(bucket, items))
+        elif all(v.synced for v in self.views[view.bucket] if v is not view):
+            # A second view of a watched bucket: replay the first one's keys.
+            src = next(v for v in self.views[view.bucket] if v is not view)
+            for key, n in list(src.keys.items()):
+                view.put(key, n.revision, n.size, n.mtime, notify=False)
+            view.end_resync()
+            ev.set()
+        with trio.move_on_after(max(5.0, getattr(self.store, "timeout", 2.0) * 5)):
+            await ev.wait()
+
+    async def refresh_buckets(self, force: bool = False) -> None:
+        """Keep kv/ in step with the server's buckets (rate-limited)."""
+        if self.kv_dir is None or (not force and time.monotonic() - self._bucket_scan < 1.0):
+            return
+        self._bucket_scan = time.monotonic()
+        infos = await self.store.buckets()
+        names = {bi.name for bi in infos}
+        assert self.kv_dir.children is not None
+        for name in sorted(names):
+            if name.encode() not in self.kv_dir.children:
+                root = self.tree.new(Kind.DIR, name.encode(), self.kv_dir)
+                root.local = True
+                self.tree.attach(self.kv_dir, root)
+                self.tree.notify((self.kv_dir.ino, root.name, root.ino, "mkdir"))
+                await self._add_view(KvView(self.tree, root, name))
+        for child in list(self.kv_dir.children.values()):
+            bucket = child.name.decode()
+            if bucket not in names:
+                await self._drop_bucket(bucket, child)
+
+    async def _discover_bucket(self, name: bytes) -> None:
+        """A lookup of an unknown kv/NAME: one stream-info call, not a full listing."""
+        if self.kv_dir is None or not re.fullmatch(rb"[a-zA-Z0-9_-]+", name):
+            return
+        try:
+            await self.store.bucket(name.decode())
+        except NotFound:
+            return
+        await self.refresh_buckets(force=True)
+
+    async def _drop_bucket(self, bucket: str, root: Node) -> None:
+        views = self.views.get(bucket, [])
+        for v in [v for v in views if v.root is root]:
+            views.remove(v)
+            for n in list(self.tree.walk(root))[1:]:
+                n.linked = False
+                self.tree.maybe_free(n)
+        if not views:
+            self.views.pop(bucket, None)
+            w = self._watches.pop(bucket, None)
+            if w is not None:
+                await w.stop()
+            forget = getattr(self.store, "forget_bucket", None)
+            if forget:
+                forget(bucket)
+        parent = root.parent
+        self.tree.detach(root)
+        if parent is not None:
+            self.tree.notify((parent.ino, root.name, root.ino, "delete"))
+
+    async def close(self) -> None:
+        for w in list(self._watches.values()):
+            try:
+                await w.stop()
+            except HvfsError:
+                pass
+        self._watches.clear()
+
+    # -- watch (trio thread) -----------------------------------------------------
+
+    def _on_watch(self, bucket: str, items: list[KvChange | str]) -> None:
+        views = self.views.get(bucket, [])
+        for item in items:
+            if item == RESYNC:
+                for v in views:
+                    v.begin_resync()
+            elif item == SYNCED:
+                for v in views:
+                    v.end_resync()
+                    ev = self._synced.get(id(v))
+                    if ev is not None:
+                        ev.set()
+            else:
+                assert isinstance(item, KvChange)
+                self.counters["changes_seen"] += 1
+                for v in views:
+                    v.apply(item.key, item.op is not Op.PUT, item.revision, item.size, item.time)
+                for fn in self.on_change:
+                    fn(item)
+
+    # -- lookup and listing --------------------------------------------------------
+
+    def node(self, ino: int) -> Node:
+        n = self.tree.get(ino)
+        if n is None:
+            raise NotFound(f"inode {ino} is gone")
+        return n
+
+    async def lookup(self, parent_ino: int, name: bytes) -> Node:
+        parent = self.node(parent_ino)
+        if parent.kind is not Kind.DIR:
+            raise NotADirectory(f"{parent.path()!r} is not a directory")
+        assert parent.children is not None
+        if name == b".":
+            return parent
+        if name == b"..":
+            return parent.parent or parent
+        child = parent.children.get(name)
+        if child is None and parent is self.kv_dir:
+            await self._discover_bucket(name)
+            child = parent.children.get(name)
+        if child is None and parent.view is not None:
+            await self._wait_synced(parent.view)
+            child = parent.children.get(name)
+        if child is not None:
+            return child
+        m = _REV_RE.match(name)
+        if m and parent.view is not None:
+            return await self._revision_node(parent, m.group(1), int(m.group(2)))
+        raise NotFound(f"{parent.path().decode(errors='replace')}/{name.decode(errors='replace')}: no such file")
+
+    async def _wait_synced(self, view: KvView) -> None:
+        if view.synced:
+            return
+        ev = self._synced.get(id(view))
+        if ev is not None:
+            with trio.move_on_after(getattr(self.store, "timeout", 2.0)):
+                await ev.wait()
+
+    async def _revision_node(self, parent: Node, base: bytes, rev: int) -> Node:
+        """``FILE@REV``: a not-listed inode for one revision of FILE's key."""
+        view = parent.view
+        assert view is not None and parent.children is not None
+        existing = parent.children.get(base)
+        if existing is not None and existing.kind is Kind.DIR:
+            raise IsADirectory(f"{base!r} is a directory")
+        key = existing.key if existing is not None else view.key_for(parent, base)
+        node = self.tree.new(Kind.REV, base + b"@" + str(rev).encode(), parent)
+        node.view, node.key, node.revision = view, key, rev
+        node.linked = False  # never listed; freed on forget
+        if rev == 0:
+            node.data = b""
+        else:
+            try:
+                entry = await self.store.get(view.bucket, key, rev)
+            except NotFound:
+                self.tree.nodes.pop(node.ino, None)
+                raise
+            node.data = entry.value
+            node.size = len(entry.value)
+            node.mtime = node.ctime = entry.time
+        return node
+
+    async def readdir(self, ino: int) -> list[tuple[bytes, Node]]:
+        d = self.node(ino)
+        if d.kind is not Kind.DIR:
+            raise NotADirectory(f"{d.path()!r} is not a directory")
+        if d is self.kv_dir:
+            try:
+                await self.refresh_buckets(force=True)
+            except HvfsError as e:
+                log.warning("bucket list: %s", e.reason)
+        if d.view is not None:
+            await self._wait_synced(d.view)
+        if d is self.conflicts_dir:
+            self._sync_conflict_files()
+        assert d.children is not None
+        return sorted(d.children.items())
+
+    def _sync_conflict_files(self) -> None:
+        d = self.conflicts_dir
+        assert d.children is not None
+        for name, c in self.conflicts.items.items():
+            bname = name.encode()
+            if bname not in d.children:
+                n = self._ctl_file(d, bname, lambda data=c.data: data)
+                n.size = len(c.data)
+        for bname in [k for k, n in d.children.items() if n.kind is Kind.CTRL and k != b"index"]:
+            if bname.decode() not in self.conflicts.items:
+                self.tree.detach(d.children[bname])
+
+    def size_of(self, node: Node) -> int:
+        if node.kind is Kind.CTRL and node.render is not None:
+            return len(node.render())
+        if node.kind is Kind.REV:
+            return len(node.data or b"")
+        return node.size
+
+    # -- open, read, write -----------------------------------------------------------
+
+    def _new_fh(self, h: Handle) -> Handle:
+        h.fh = self._next_fh
+        self._next_fh += 1
+        self.handles[h.fh] = h
+        return h
+
+    def handle(self, fh: int) -> Handle:
+        h = self.handles.get(fh)
+        if h is None:
+            raise Invalid(f"bad file handle {fh}")
+        return h
+
+    async def open(self, ino: int, flags: int, pid: int = 0) -> Handle:
+        node = self.node(ino)
+        writable = bool(flags & _WRITE)
+        trunc = bool(flags & os.O_TRUNC)
+        self.counters["opens"] += 1
+        if node.kind is Kind.DIR:
+            raise IsADirectory(f"{node.path()!r} is a directory")
+        if node.kind is Kind.CTRL:
+            if writable:
+                raise NotPermitted(".hvfs files are read-only")
+            assert node.render is not None
+            return self._new_fh(Handle(0, node, False, node.render(), 0, direct_io=True))
+        if writable and self.read_only:
+            raise ReadOnly("mounted read-only")
+        if pid in self.self_pids:
+            # The notifier's own open: it only makes the kernel emit events.
+            return self._new_fh(Handle(0, node, writable, b"", node.revision, pid=pid))
+        view = node.view
+        assert view is not None
+        if node.kind is Kind.REV:
+            if not writable:
+                return self._new_fh(Handle(0, node, False, node.data or b"", node.revision))
+            current = await self._current_revision(view, node.key)
+            if current != node.revision:
+                raise Conflict(f"{view.bucket}/{node.key}: revision {node.revision} is not current "
+                               f"(current: {current or 'none'})", current)
+            data = bytearray() if trunc else bytearray(node.data or b"")
+            return self._new_fh(Handle(0, node, True, data, node.revision, dirty=trunc))
+        if node.local and node.revision == 0:
+            # Created through this mount, not yet published.
+            return self._new_fh(Handle(0, node, writable, bytearray(), 0, dirty=writable))
+        try:
+            entry = await self.store.get(view.bucket, node.key)
+        except NotFound:
+            view.remove(node.key, None)
+            raise
+        view.put(node.key, entry.revision, len(entry.value), entry.time)
+        if not writable:
+            return self._new_fh(Handle(0, node, False, entry.value, entry.revision))
+        data = bytearray() if trunc else bytearray(entry.value)
+        return self._new_fh(Handle(0, node, True, data, entry.revision, dirty=trunc))
+
+    async def _current_revision(self, view: KvView, key: str) -> int:
+        try:
+            return (await self.store.get(view.bucket, key)).revision
+        except NotFound:
+            return 0
+
+    def read(self, fh: int, off: int, size: int) -> bytes:
+        h = self.handle(fh)
+        self.counters["reads"] += 1
+        return bytes(h.data[off:off + size])
+
+    async def max_value_size(self, view: KvView) -> int:
+        limit = self.max_payload
+        bi = await self.store.bucket(view.bucket)
+        if bi.max_value_size > 0:
+            limit = min(limit, bi.max_value_size)
+        return limit
+
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        h = self.handle(fh)
+        if not h.writable:
+            raise Invalid("file not open for writing")
+        if h.pid in self.self_pids:
+            return len(buf)
+        assert isinstance(h.data, bytearray) and h.node.view is not None
+        end = off + len(buf)
+        if end > len(h.data):
+            limit = await self.max_value_size(h.node.view)
+            if end > limit:
+                raise TooLarge(f"{h.node.view.bucket}/{h.node.key}: {end} bytes is over the "
+                               f"bucket's max value size of {limit} bytes")
+            h.data.extend(bytes(end - len(h.data)))  # zero-fill any gap
+        h.data[off:end] = buf
+        h.dirty = h.wrote = True
+        return len(buf)
+
+    async def truncate_handle(self, h: Handle, size: int) -> None:
+        if not h.writable:
+            raise Invalid("file not open for writing")
+        if h.pid in self.self_pids:
+            return
+        assert isinstance(h.data, bytearray) and h.node.view is not None
+        if size > len(h.data):
+            limit = await self.max_value_size(h.node.view)
+            if size > limit:
+                raise TooLarge(f"{size} bytes is over the bucket's max value size of {limit} bytes")
+            h.data.extend(bytes(size - len(h.data)))
+        else:
+            del h.data[size:]
+        h.dirty = h.wrote = True
+
+    async def flush(self, fh: int, final: bool = False) -> None:
+        """Publish what the handle wrote: one new revision, CAS on the revision seen at open.
+
+        A create or O_TRUNC with nothing written yet is published only when
+        ``final`` (fsync, last close): shells dup2() and close the opened fd
+        before writing, and that close must not publish an empty revision.
+        """
+        h = self.handle(fh)
+        if not h.dirty or h.pid in self.self_pids or not (h.wrote or final):
+            return
+        node = h.node
+        view = node.view
+        assert view is not None and isinstance(h.data, bytearray)
+        if node.kind is Kind.KV and not node.linked and node.local:
+            h.dirty = False  # created and unlinked before any publish: nothing to keep
+            return
+        data = bytes(h.data)
+        h.dirty = h.wrote = False
+        try:
+            if h.base == 0:
+                rev = await self.store.create(view.bucket, node.key, data)
+            else:
+                rev = await self.store.update(view.bucket, node.key, data, h.base)
+        except HvfsError as e:
+            current = e.current if isinstance(e, Conflict) else None
+            if isinstance(e, Exists | Conflict):
+                self.counters["conflicts"] += 1
+                if current is None:
+                    current = await self._safe_current(view, node.key)
+            c = self.conflicts.add(view.bucket, node.key, h.base, current, errno_of(e), e.reason, data)
+            e.reason = f"{e.reason}; your bytes are in .hvfs/conflicts/{c.file}"
+            if node.local and node.revision == 0 and node.kind is Kind.KV and node.linked:
+                # A create that did not land: the placeholder goes.
+                view.keys.pop(node.key, None)
+                parent = node.parent
+                self.tree.detach(node)
+                if parent is not None:
+                    self.tree.notify((parent.ino, node.name, node.ino, "delete"))
+            raise
+        self.counters["publishes"] += 1
+        h.base = rev
+        view.put(node.key, rev, len(data), time.time(), notify=False)
+        if node.kind is Kind.KV:
+            node.revision, node.size, node.local = max(node.revision, rev), len(data), False
+
+    async def _safe_current(self, view: KvView, key: str) -> int | None:
+        try:
+            return await self._current_revision(view, key)
+        except HvfsError:
+            return None
+
+    def release(self, fh: int) -> Handle | None:
+        return self.handles.pop(fh, None)
+
+    # -- create, mkdir, unlink, rmdir, rename ------------------------------------------
+
+    def _kv_parent(self, parent_ino: int) -> tuple[Node, KvView]:
+        parent = self.node(parent_ino)
+        if parent.kind is not Kind.DIR:
+            raise NotADirectory(f"{parent.path()!r} is not a directory")
+        if parent.view is None:
+            raise NotPermitted(f"{parent.path().decode()}: only bucket directories hold files")
+        if self.read_only:
+            raise ReadOnly("mounted read-only")
+        return parent, parent.view
+
+    async def create(self, parent_ino: int, name: bytes, flags: int, pid: int = 0) -> Handle:
+        parent, view = self._kv_parent(parent_ino)
+        assert parent.children is not None
+        if pid in self.self_pids:
+            node = parent.children.get(name)
+            if node is None:
+                raise NotFound("notifier: entry is gone")
+            return self._new_fh(Handle(0, node, True, b"", node.revision, pid=pid))
+        m = _REV_RE.match(name)
+        if m and name not in parent.children:
+            # echo > FILE@REV where REV is not in the history (0: must not exist)
+            node = await self._revision_node(parent, m.group(1), int(m.group(2)))
+            return await self.open(node.ino, flags | os.O_WRONLY)
+        existing = parent.children.get(name)
+        if existing is not None:
+            if flags & os.O_EXCL:
+                raise Exists(f"{name!r} exists")
+            return await self.open(existing.ino, flags)
+        key = view.key_for(parent, name)
+        if name != VALUE_NAME and len(name) > 255:
+            raise InvalidName("name too long")
+        if flags & os.O_EXCL:
+            # An atomic claim: exactly one creator in the whole fleet wins, now.
+            rev = await self.store.create(view.bucket, key, b"")
+            node = view.put(key, rev, 0, time.time(), notify=False)
+            if node is None:
+                raise InvalidName(f"{name!r} maps to key {key!r}, which cannot be shown here")
+            return self._new_fh(Handle(0, node, True, bytearray(), rev))
+        node = self.tree.new(Kind.KV, name, parent)
+        node.view, node.key, node.local = view, key, True
+        self.tree.attach(parent, node)
+        view.keys[key] = node
+        return self._new_fh(Handle(0, node, True, bytearray(), 0, dirty=True))
+
+    async def mkdir(self, parent_ino: int, name: bytes) -> Node:
+        parent = self.node(parent_ino)
+        if parent is self.kv_dir and not self.read_only:
+            bucket = name.decode(errors="replace")
+            if not re.fullmatch(r"[a-zA-Z0-9_-]+", bucket):
+                raise InvalidName(f"{bucket!r} is not a valid bucket name")
+            await self.refresh_buckets(force=True)
+            assert parent.children is not None
+            if name in parent.children:
+                raise Exists(f"bucket {bucket} exists")
+            await self.store.create_bucket(bucket)  # type: ignore[attr-defined]
+            await self.refresh_buckets(force=True)
+            return parent.children[name]
+        parent, view = self._kv_parent(parent_ino)
+        assert parent.children is not None
+        if name in parent.children:
+            raise Exists(f"{name!r} exists")
+        key = view.key_for(parent, name)
+        node = self.tree.new(Kind.DIR, name, parent)
+        node.view, node.key, node.local = view, key, True
+        self.tree.attach(parent, node)
+        return node
+
+    async def unlink(self, parent_ino: int, name: bytes, pid: int = 0) -> None:
+        parent = self.node(parent_ino)
+        assert parent.children is not None
+        node = parent.children.get(name)
+        if parent is self.conflicts_dir and node is not None and node.kind is Kind.CTRL and name != b"index":
+            self.conflicts.remove(name.decode())
+            self.tree.detach(node)
+            return
+        parent, view = self._kv_parent(parent_ino)
+        if pid in self.self_pids:
+            if node is not None:
+                self.tree.detach(node)
+            return
+        if node is None:
+            raise NotFound(f"{name!r}: no such file")
+        if node.kind is Kind.DIR:
+            raise IsADirectory(f"{name!r} is a directory")
+        if not (node.local and node.revision == 0):
+            await self.store.delete(view.bucket, node.key)
+        view.keys.pop(node.key, None)
+        self.tree.detach(node)
+        view.prune(parent, notify=False)
+
+    async def rmdir(self, parent_ino: int, name: bytes) -> None:
+        parent, view = self._kv_parent(parent_ino)
+        assert parent.children is not None
+        node = parent.children.get(name)
+        if node is None:
+            raise NotFound(f"{name!r}: no such directory")
+        if node.kind is not Kind.DIR:
+            raise NotADirectory(f"{name!r} is not a directory")
+        assert node.children is not None
+        if node.children:
+            raise NotEmpty(f"{name!r} is not empty")
+        self.tree.detach(node)
+        view.prune(parent, notify=False)
+
+    async def rename(self, old_ino: int, old: bytes, new_ino: int, new: bytes, flags: int) -> None:
+        """Put the value under the new key, then delete the old key: never loses data."""
+        src_parent, src_view = self._kv_parent(old_ino)
+        dst_parent, dst_view = self._kv_parent(new_ino)
+        assert src_parent.children is not None and dst_parent.children is not None
+        src = src_parent.children.get(old)
+        if src is None:
+            raise NotFound(f"{old!r}: no such file")
+        if src.kind is Kind.DIR:
+            raise CrossDevice("directories move by copy (mv does this by itself)")
+        if flags & 2:  # RENAME_EXCHANGE
+            raise NotSupported("RENAME_EXCHANGE is not supported")
+        if src.local and src.revision == 0:
+            raise Busy(f"{old!r} is still being written")
+        dst = dst_parent.children.get(new)
+        if dst is src:
+            return
+        if dst is not None and dst.kind is Kind.DIR:
+            raise IsADirectory(f"{new!r} is a directory")
+        if dst is not None and flags & 1:  # RENAME_NOREPLACE
+            raise Exists(f"{new!r} exists")
+        dst_key = dst.key if dst is not None else dst_view.key_for(dst_parent, new)
+        entry = await self.store.get(src_view.bucket, src.key)
+        if dst is not None and not (dst.local and dst.revision == 0):
+            current = await self._current_revision(dst_view, dst_key)
+            if current:
+                rev = await self.store.update(dst_view.bucket, dst_key, entry.value, current)
+            else:
+                rev = await self.store.create(dst_view.bucket, dst_key, entry.value)
+        else:
+            rev = await self.store.create(dst_view.bucket, dst_key, entry.value)
+        dst_view.put(dst_key, rev, len(entry.value), time.time(), notify=False)
+        await self.store.delete(src_view.bucket, src.key, entry.revision)
+        src_view.remove(src.key, None, notify=False)
+
+    async def set_size(self, ino: int, size: int, fh: int | None) -> None:
+        """truncate(2): on a handle it is buffered, on a path it is one new revision."""
+        if fh is not None and fh in self.handles:
+            await self.truncate_handle(self.handles[fh], size)
+            return
+        node = self.node(ino)
+        if node.kind is not Kind.KV:
+            raise NotPermitted("only files of keys can be truncated")
+        h = await self.open(ino, os.O_RDWR)
+        try:
+            await self.truncate_handle(h, size)
+            await self.flush(h.fh, final=True)
+        finally:
+            self.release(h.fh)
+
+    # -- xattrs -------------------------------------------------------------------
+
+    def xattrs(self, node: Node) -> dict[bytes, bytes]:
+        if node.view is None:
+            return {}
+        out = {b"user.hvfs.bucket": node.view.bucket.encode(), b"user.hvfs.key": node.key.encode()}
+        if node.kind in (Kind.KV, Kind.REV):
+            out[b"user.hvfs.revision"] = str(node.revision).encode()
+        return out
+
+    def getxattr(self, ino: int, name: bytes) -> bytes:
+        attrs = self.xattrs(self.node(ino))
+        if name not in attrs:
+            raise NoAttr(name.decode(errors="replace"))
+        return attrs[name]
+
+    # -- status -------------------------------------------------------------------
+
+    def render_status(self) -> bytes:
+        st = self.store.state
+        doc = {
+            "connected": st.connected,
+            "server": st.server,
+            "read_only": self.read_only,
+            "uptime_s": round(time.time() - self.started, 1),
+            "buckets": sorted(self.views),
+            "keys": sum(len(v.keys) for vs in self.views.values() for v in vs),
+            "inodes": len(self.tree.nodes),
+            "open_handles": len(self.handles),
+            "nats": {"calls": st.calls, "errors": st.errors, "timeouts": st.timeouts,
+                     "reconnects": st.reconnects, "last_error": st.last_error},
+            "counters": dict(self.counters),
+            "conflicts": {"held": len(self.conflicts.items), "total": self.conflicts.total},
+            "errors_total": self.errors.total,
+        }
+        return (json.dumps(doc, indent=2) + "\n").encode()
+

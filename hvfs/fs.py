@@ -1,0 +1,235 @@
+"""The pyfuse3 ``Operations``: a thin translation of FUSE requests to ``Core``.
+
+Every handler raises only ``FUSEError``: an exception escaping a pyfuse3
+handler kills the mount under trio, so ``_fuse`` catches everything,
+chooses the errno through the one table (``errors.errno_of``) and logs what
+was not planned.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+import os
+import stat
+from collections.abc import Awaitable, Callable
+from typing import Any, ParamSpec, TypeVar
+
+import pyfuse3
+
+from .core import XATTRS, Core, Handle
+from .errors import HvfsError, errno_of
+from .tree import Kind, Node
+
+__all__ = ["Operations"]
+
+log = logging.getLogger(__name__)
+P = ParamSpec("P")
+R = TypeVar("R")
+
+_QUIET = {errno.ENOENT, errno.ENODATA, errno.EEXIST}
+
+
+def _fuse(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+    @functools.wraps(fn)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await fn(*args, **kwargs)
+        except pyfuse3.FUSEError:
+            raise
+        except HvfsError as e:
+            err = errno_of(e)
+            if err not in _QUIET:
+                self = args[0]
+                assert isinstance(self, Operations)
+                self.core.errors.add(fn.__name__, _what(args), err, e.reason)
+                log.info("%s %s: %s (%s)", fn.__name__, _what(args), e.reason, errno.errorcode.get(err))
+            raise pyfuse3.FUSEError(err) from None
+        except Exception as e:
+            self = args[0]
+            assert isinstance(self, Operations)
+            log.exception("%s%r failed unexpectedly", fn.__name__, tuple(args[1:3]))
+            self.core.errors.add(fn.__name__, _what(args), errno.EIO, f"internal error: {type(e).__name__}: {e}")
+            raise pyfuse3.FUSEError(errno.EIO) from None
+
+    return wrapper
+
+
+def _what(args: tuple[Any, ...]) -> str:
+    return " ".join(a.decode(errors="replace") if isinstance(a, bytes) else str(a) for a in args[1:3])
+
+
+class Operations(pyfuse3.Operations):
+    supports_dot_lookup = True
+    enable_writeback_cache = False
+    enable_acl = False
+
+    def __init__(self, core: Core, entry_timeout: float = 1.0, attr_timeout: float = 0.0) -> None:
+        super().__init__()
+        self.core = core
+        self.entry_timeout = entry_timeout
+        self.attr_timeout = attr_timeout
+        self.uid = os.getuid()
+        self.gid = os.getgid()
+        self._dirs: dict[int, list[tuple[bytes, Node]]] = {}
+        self._next_dir = 1
+
+    # -- attributes --------------------------------------------------------
+
+    def attrs(self, node: Node) -> pyfuse3.EntryAttributes:
+        a = pyfuse3.EntryAttributes()
+        a.st_ino = node.ino
+        a.generation = 0
+        a.entry_timeout = self.entry_timeout
+        a.attr_timeout = self.attr_timeout
+        if node.kind is Kind.DIR:
+            a.st_mode = stat.S_IFDIR | 0o755
+            a.st_nlink = 2
+            a.st_size = 0
+        else:
+            ro = self.core.read_only or node.kind is Kind.CTRL
+            a.st_mode = stat.S_IFREG | (0o444 if ro else 0o644)
+            a.st_nlink = 1 if node.linked or node.kind is Kind.REV else 0
+            a.st_size = self.core.size_of(node)
+        a.st_uid = self.uid
+        a.st_gid = self.gid
+        ns = int(node.mtime * 1e9)
+        a.st_atime_ns = a.st_mtime_ns = ns
+        a.st_ctime_ns = int(node.ctime * 1e9)
+        a.st_blksize = 4096
+        a.st_blocks = (a.st_size + 511) // 512
+        return a
+
+    def _entry(self, node: Node) -> pyfuse3.EntryAttributes:
+        node.nlookup += 1
+        return self.attrs(node)
+
+    # -- lookup and listing ------------------------------------------------------
+
+    @_fuse
+    async def lookup(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        return self._entry(await self.core.lookup(parent_inode, name))
+
+    @_fuse
+    async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        return self.attrs(self.core.node(inode))
+
+    async def forget(self, inode_list: list[tuple[int, int]]) -> None:
+        for ino, n in inode_list:
+            self.core.tree.forget(ino, n)
+
+    @_fuse
+    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
+        entries = await self.core.readdir(inode)
+        fh = self._next_dir
+        self._next_dir += 1
+        self._dirs[fh] = entries
+        return fh
+
+    @_fuse
+    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        entries = self._dirs.get(fh, [])
+        for i in range(start_id, len(entries)):
+            name, node = entries[i]
+            if not pyfuse3.readdir_reply(token, name, self.attrs(node), i + 1):
+                return
+            node.nlookup += 1
+
+    async def releasedir(self, fh: int) -> None:
+        self._dirs.pop(fh, None)
+
+    # -- files -------------------------------------------------------------
+
+    def _info(self, h: Handle) -> pyfuse3.FileInfo:
+        return pyfuse3.FileInfo(fh=h.fh, direct_io=h.direct_io, keep_cache=False)
+
+    @_fuse
+    async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        return self._info(await self.core.open(inode, flags, ctx.pid))
+
+    @_fuse
+    async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
+                     ctx: pyfuse3.RequestContext) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        h = await self.core.create(parent_inode, name, flags, ctx.pid)
+        return self._info(h), self._entry(h.node)
+
+    @_fuse
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        return self.core.read(fh, off, size)
+
+    @_fuse
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        return await self.core.write(fh, off, buf)
+
+    @_fuse
+    async def flush(self, fh: int) -> None:
+        await self.core.flush(fh)
+
+    @_fuse
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        await self.core.flush(fh, final=True)
+
+    @_fuse
+    async def release(self, fh: int) -> None:
+        h = self.core.handles.get(fh)
+        try:
+            if h is not None and h.dirty:
+                await self.core.flush(fh, final=True)  # errors reach no caller: logged, bytes kept
+        except HvfsError as e:
+            log.warning("release of %s: %s", h.node.path() if h else fh, e.reason)
+        finally:
+            self.core.release(fh)
+
+    @_fuse
+    async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes, fields: pyfuse3.SetattrFields,
+                      fh: int | None, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        if fields.update_size:
+            await self.core.set_size(inode, attr.st_size, fh)
+        # mode, owner and times are not stored in NATS: accepted, not kept.
+        return self.attrs(self.core.node(inode))
+
+    # -- namespace -----------------------------------------------------------
+
+    @_fuse
+    async def mkdir(self, parent_inode: int, name: bytes, mode: int,
+                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        return self._entry(await self.core.mkdir(parent_inode, name))
+
+    @_fuse
+    async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        await self.core.unlink(parent_inode, name, ctx.pid)
+
+    @_fuse
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        await self.core.rmdir(parent_inode, name)
+
+    @_fuse
+    async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int,
+                     name_new: bytes, flags: int, ctx: pyfuse3.RequestContext) -> None:
+        await self.core.rename(parent_inode_old, name_old, parent_inode_new, name_new, flags)
+
+    # -- xattrs and statfs -------------------------------------------------------
+
+    @_fuse
+    async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        return self.core.getxattr(inode, name)
+
+    @_fuse
+    async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
+        have = self.core.xattrs(self.core.node(inode))
+        return [n for n in XATTRS if n in have]
+
+    async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext) -> None:
+        raise pyfuse3.FUSEError(errno.ENOTSUP)
+
+    async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        raise pyfuse3.FUSEError(errno.ENOTSUP)
+
+    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+        s = pyfuse3.StatvfsData()
+        s.f_bsize = s.f_frsize = 4096
+        s.f_blocks = s.f_bfree = s.f_bavail = 1 << 20
+        s.f_files = s.f_ffree = s.f_favail = 1 << 20
+        s.f_namemax = 255
+        return s

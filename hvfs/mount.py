@@ -1,0 +1,116 @@
+"""Start-up and shut-down of one mount: server, store, core, FUSE, signals.
+
+One trio nursery owns every task; the only threads are the NATS loop (owned
+by the store) and the kernel notifier. Everything started here is stopped
+here, in reverse order, also when start-up fails half way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyfuse3
+import trio
+
+from .config import ConnectOptions, MountConfig
+from .core import Core
+from .errors import HvfsError, Unavailable
+from .fs import Operations
+from .natsstore import NatsStore
+from .server import EmbeddedServer
+
+__all__ = ["MountOptions", "check_mountpoint", "run_mount"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class MountOptions:
+    mountpoint: str
+    connect: ConnectOptions
+    config: MountConfig = field(default_factory=MountConfig)
+    store_dir: str | None = None
+    read_only: bool = False
+    allow_other: bool = False
+    entry_timeout: float = 1.0
+    attr_timeout: float = 0.0
+    debug_fuse: bool = False
+
+
+def check_mountpoint(path: str) -> None:
+    p = Path(path)
+    if not p.exists():
+        raise HvfsError(f"{path}: mountpoint does not exist")
+    if not p.is_dir():
+        raise HvfsError(f"{path}: mountpoint is not a directory")
+    if os.path.ismount(path):
+        raise HvfsError(f"{path}: something is already mounted there")
+    if not os.access("/dev/fuse", os.R_OK | os.W_OK):
+        raise HvfsError("/dev/fuse is not available (FUSE missing or no permission)")
+
+
+def default_store_dir() -> str:
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return os.path.join(base, "hvfs", "nats")
+
+
+async def run_mount(opts: MountOptions, ready: Callable[[], None] | None = None) -> None:
+    """Mount and serve until SIGINT/SIGTERM or ``hvfs umount``; raise HvfsError on bad start."""
+    check_mountpoint(opts.mountpoint)
+    server: EmbeddedServer | None = None
+    async with contextlib.AsyncExitStack() as stack:
+        connect = opts.connect
+        if not connect.servers:
+            server = EmbeddedServer(opts.store_dir or default_store_dir())
+            await trio.to_thread.run_sync(server.start)
+            stack.callback(server.stop)
+            connect = connect.model_copy(update={"servers": [server.url]})
+            log.info("embedded nats-server on %s, store %s", server.url, server.store_dir)
+        store = NatsStore(connect)
+        stack.push_async_callback(store.close)
+        await store.start()
+        max_payload = store._nc.max_payload if store._nc is not None else 1 << 20
+        core = Core(store, opts.config, read_only=opts.read_only, max_payload=max_payload)
+        stack.push_async_callback(core.close)
+        await core.start()
+        ops = Operations(core, entry_timeout=opts.entry_timeout, attr_timeout=opts.attr_timeout)
+        options = set(pyfuse3.default_options)
+        options |= {"fsname=hvfs", "subtype=hvfs"}
+        if opts.allow_other:
+            options.add("allow_other")
+        if opts.debug_fuse:
+            options.add("debug")
+        try:
+            pyfuse3.init(ops, opts.mountpoint, options)
+        except RuntimeError as e:
+            raise Unavailable(f"{opts.mountpoint}: cannot mount: {e}") from e
+        unmounted = False
+
+        def close_fuse() -> None:
+            nonlocal unmounted
+            if not unmounted:
+                unmounted = True
+                pyfuse3.close(unmount=True)
+
+        stack.callback(close_fuse)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_signals)
+            log.info("mounted %s", opts.mountpoint)
+            if ready is not None:
+                ready()
+            await pyfuse3.main()
+            nursery.cancel_scope.cancel()
+        log.info("unmounting %s", opts.mountpoint)
+
+
+async def _signals() -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
+        async for _ in signals:
+            pyfuse3.terminate()
+            return

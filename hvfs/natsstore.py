@@ -1,0 +1,524 @@
+"""The store on NATS: the only module that imports nats-py (and asyncio).
+
+nats-py runs on asyncio, pyfuse3 on trio, so this module owns one thread with
+its own asyncio loop. Trio callers hand it coroutines through
+``run_coroutine_threadsafe`` and are woken by ``TrioToken.run_sync_soon``;
+every call is bounded twice (asyncio ``wait_for`` inside, trio ``fail_after``
+outside) so nothing can hang a FUSE request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import re
+import threading
+import time
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+import nats
+import nats.errors
+import nats.js.errors
+import trio
+from nats.js import api
+
+from .config import ConnectOptions
+from .errors import (
+    Conflict,
+    Exists,
+    HvfsError,
+    Invalid,
+    NotFound,
+    PermissionDenied,
+    Timeout,
+    TooLarge,
+    Unavailable,
+)
+from .store import RESYNC, SYNCED, BucketInfo, KvChange, KvEntry, Op, StoreState, WatchSink
+
+__all__ = ["NatsStore"]
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+_KV_OP = "KV-Operation"
+_MARKER = "Nats-Marker-Reason"
+_ERR_WRONG_LAST = (10071, 10164)
+_ERR_TOO_BIG = (10054,)
+_PERM_RE = re.compile(r'permissions violation for (?:publish|subscription) to "?([^"\s]+)', re.I)
+
+
+def _op_of(headers: dict[str, str] | None) -> Op:
+    if not headers:
+        return Op.PUT
+    op = headers.get(_KV_OP)
+    if op == "DEL":
+        return Op.DEL
+    if op == "PURGE":
+        return Op.PURGE
+    reason = headers.get(_MARKER)
+    if reason in ("MaxAge", "Purge"):
+        return Op.PURGE
+    if reason == "Remove":
+        return Op.DEL
+    return Op.PUT
+
+
+def _ts(t: dt.datetime | None) -> float:
+    return t.timestamp() if t is not None else time.time()
+
+
+class NatsStore:
+    """Store interface on a real NATS connection (see hvfs.store.Store)."""
+
+    def __init__(self, opts: ConnectOptions) -> None:
+        self.opts = opts
+        self.timeout = opts.timeout
+        self.state = StoreState(server=",".join(opts.servers))
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run_loop, name="hvfs-nats", daemon=True)
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._nc: Any = None
+        self._js: Any = None
+        self._direct: dict[str, bool] = {}
+        self._info: dict[str, BucketInfo] = {}
+        self._watches: set[_KvWatch] = set()
+        self._inflight: dict[asyncio.Task[Any], str] = {}
+
+    # -- lifecycle -------------------------------------------------------
+
+    def _run_loop(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._loop.run_forever()
+
+    async def start(self) -> None:
+        """Start the loop thread and connect; Unavailable with the reason if NATS is not there."""
+        self._token = trio.lowlevel.current_trio_token()
+        self._thread.start()
+        await self._call("connect", self._connect(), bound=self.timeout + 3)
+
+    async def _connect(self) -> None:
+        o = self.opts
+        kw: dict[str, Any] = dict(
+            servers=o.servers,
+            connect_timeout=min(self.timeout, 2.0),
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.25,
+            allow_reconnect=True,
+            ping_interval=5,
+            max_outstanding_pings=2,
+            error_cb=self._on_error,
+            disconnected_cb=self._on_disconnected,
+            reconnected_cb=self._on_reconnected,
+            closed_cb=self._on_closed,
+            name="hvfs",
+        )
+        if o.user:
+            kw["user"], kw["password"] = o.user, o.password or ""
+        if o.token:
+            kw["token"] = o.token
+        if o.creds:
+            kw["user_credentials"] = o.creds
+        if o.nkey:
+            kw["nkeys_seed"] = o.nkey
+        if o.tls_ca or o.tls_cert:
+            import ssl
+
+            ctx = ssl.create_default_context(cafile=o.tls_ca)
+            if o.tls_cert:
+                ctx.load_cert_chain(o.tls_cert, o.tls_key)
+            kw["tls"] = ctx
+        # The first connect must fail fast with a reason, not retry forever.
+        # nats-py retries the first connect forever when reconnects are
+        # unlimited: bound it here and report the last error it met.
+        try:
+            self._nc = await asyncio.wait_for(nats.connect(**kw), self.timeout + 2)
+        except Exception as e:
+            why = self.state.last_error or str(e) or type(e).__name__
+            raise Unavailable(f"cannot connect to NATS at {','.join(o.servers)}: {why}") from e
+        self._js = self._nc.jetstream(timeout=self.timeout)
+        try:
+            await self._js.account_info()
+        except Exception as e:
+            raise Unavailable(f"NATS at {','.join(o.servers)} has no JetStream: {e or type(e).__name__}") from e
+        self.state.connected = True
+
+    async def close(self) -> None:
+        if self._thread.is_alive():
+            fut = asyncio.run_coroutine_threadsafe(self._close(), self._loop)
+            with trio.move_on_after(self.timeout + 1):
+                await trio.to_thread.run_sync(fut.result, abandon_on_cancel=True)
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            await trio.to_thread.run_sync(self._thread.join, 2.0, abandon_on_cancel=True)
+        self.state.connected = False
+
+    async def _close(self) -> None:
+        for w in list(self._watches):
+            with contextlib.suppress(Exception):
+                await w._stop()
+        if self._nc is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._nc.close(), self.timeout)
+
+    # -- callbacks (asyncio thread) -----------------------------------------
+
+    async def _on_error(self, e: Exception) -> None:
+        msg = str(e)
+        self.state.last_error = msg
+        m = _PERM_RE.search(msg)
+        if m:
+            # A permission violation is no reply: fail the waiting call now.
+            subject = m.group(1)
+            for task, subj in list(self._inflight.items()):
+                if subj and (subj == subject or subject.startswith(subj) or subj.startswith(subject)):
+                    task.cancel(msg=f"EACCES:{msg}")
+        log.warning("nats: %s", msg)
+
+    async def _on_disconnected(self) -> None:
+        self.state.connected = False
+        log.warning("nats: disconnected")
+
+    async def _on_reconnected(self) -> None:
+        self.state.connected = True
+        self.state.reconnects += 1
+        log.warning("nats: reconnected to %s", self._nc.connected_url.netloc if self._nc else "?")
+        for w in list(self._watches):
+            asyncio.ensure_future(w.restart())
+
+    async def _on_closed(self) -> None:
+        self.state.connected = False
+
+    # -- the bridge --------------------------------------------------------
+
+    async def _call(self, what: str, coro: Coroutine[Any, Any, T], bound: float | None = None,
+                    subject: str = "") -> T:
+        """Run ``coro`` on the NATS loop, bounded; map every error to HvfsError."""
+        bound = bound or self.timeout
+        self.state.calls += 1
+        if what != "connect" and (self._nc is None or not self._nc.is_connected):
+            coro.close()
+            self.state.errors += 1
+            raise Unavailable(f"{what}: not connected to NATS")
+        fut = asyncio.run_coroutine_threadsafe(self._bounded(coro, bound, subject), self._loop)
+        done = trio.Event()
+        token = self._token
+        assert token is not None
+
+        def wake(_: object) -> None:
+            with contextlib.suppress(trio.RunFinishedError):
+                token.run_sync_soon(done.set)
+
+        fut.add_done_callback(wake)
+        try:
+            with trio.fail_after(bound + 1.0):
+                await done.wait()
+        except trio.TooSlowError:
+            fut.cancel()
+            self.state.timeouts += 1
+            raise Timeout(f"{what}: no answer from NATS within {bound:.1f}s") from None
+        except BaseException:
+            fut.cancel()
+            raise
+        try:
+            return fut.result()
+        except HvfsError as e:
+            self.state.errors += 1
+            self.state.last_error = f"{what}: {e.reason}"
+            if isinstance(e, Timeout):
+                self.state.timeouts += 1
+            raise
+        except Exception as e:
+            self.state.errors += 1
+            err = _map_error(e, what)
+            self.state.last_error = f"{what}: {err.reason}"
+            raise err from e
+
+    async def _bounded(self, coro: Coroutine[Any, Any, T], bound: float, subject: str) -> T:
+        task = asyncio.current_task()
+        assert task is not None
+        self._inflight[task] = subject
+        try:
+            return await asyncio.wait_for(coro, bound)
+        except asyncio.CancelledError as e:
+            msg = str(e.args[0]) if e.args else ""
+            if msg.startswith("EACCES:"):
+                raise PermissionDenied(msg[7:]) from None
+            raise
+        except (TimeoutError, nats.errors.TimeoutError):
+            raise Timeout(f"no answer from NATS within {bound:.1f}s") from None
+        finally:
+            self._inflight.pop(task, None)
+
+    # -- buckets -----------------------------------------------------------
+
+    async def buckets(self) -> list[BucketInfo]:
+        async def run() -> list[BucketInfo]:
+            out: list[BucketInfo] = []
+            offset = 0
+            while True:
+                infos = await self._js.streams_info(offset=offset)
+                for si in infos:
+                    name = si.config.name or ""
+                    if name.startswith("KV_"):
+                        bi = self._bucket_info(si)
+                        self._info[bi.name] = bi
+                        out.append(bi)
+                if len(infos) < 256:
+                    return out
+                offset += len(infos)
+
+        return await self._call("list buckets", run(), subject="$JS.API.STREAM.LIST")
+
+    def _bucket_info(self, si: Any) -> BucketInfo:
+        name = si.config.name[3:]
+        self._direct[name] = bool(si.config.allow_direct)
+        mms = si.config.max_msg_size
+        return BucketInfo(name=name, max_value_size=mms if mms and mms > 0 else -1,
+                          history=si.config.max_msgs_per_subject or 1)
+
+    async def bucket(self, name: str) -> BucketInfo:
+        if name in self._info:
+            return self._info[name]
+
+        async def run() -> BucketInfo:
+            try:
+                si = await self._js.stream_info(f"KV_{name}")
+            except nats.js.errors.NotFoundError:
+                raise NotFound(f"no KV bucket {name!r}") from None
+            bi = self._bucket_info(si)
+            self._info[name] = bi
+            return bi
+
+        return await self._call(f"bucket {name}", run(), subject=f"$JS.API.STREAM.INFO.KV_{name}")
+
+    async def create_bucket(self, name: str, history: int = 10) -> BucketInfo:
+        async def run() -> BucketInfo:
+            await self._js.create_key_value(bucket=name, history=history, direct=True)
+            si = await self._js.stream_info(f"KV_{name}")
+            return self._bucket_info(si)
+
+        bi = await self._call(f"create bucket {name}", run(), subject="$JS.API.STREAM.CREATE")
+        self._info[name] = bi
+        return bi
+
+    def forget_bucket(self, name: str) -> None:
+        self._info.pop(name, None)
+        self._direct.pop(name, None)
+
+    # -- keys --------------------------------------------------------------
+
+    async def get(self, bucket: str, key: str, revision: int | None = None) -> KvEntry:
+        subject = f"$KV.{bucket}.{key}"
+
+        async def run() -> KvEntry:
+            direct = self._direct.get(bucket, False)
+            try:
+                if revision:
+                    msg = await self._js.get_msg(f"KV_{bucket}", seq=revision, direct=direct)
+                else:
+                    msg = await self._js.get_msg(f"KV_{bucket}", subject=subject, direct=direct)
+            except nats.js.errors.NotFoundError:
+                raise NotFound(f"{bucket}/{key}" + (f"@{revision}" if revision else "") + ": no such key") from None
+            if msg.subject != subject or _op_of(msg.headers) is not Op.PUT:
+                raise NotFound(f"{bucket}/{key}" + (f"@{revision}" if revision else "") + ": deleted")
+            return KvEntry(bucket, key, msg.data or b"", int(msg.seq), _ts(msg.time))
+
+        return await self._call(f"get {bucket}/{key}", run(), subject="$JS.API.")
+
+    async def create(self, bucket: str, key: str, value: bytes) -> int:
+        return await self._put(bucket, key, value, 0, create=True)
+
+    async def update(self, bucket: str, key: str, value: bytes, last: int) -> int:
+        return await self._put(bucket, key, value, last, create=False)
+
+    async def _put(self, bucket: str, key: str, value: bytes, last: int, create: bool) -> int:
+        subject = f"$KV.{bucket}.{key}"
+
+        async def publish(expect: int) -> int:
+            try:
+                ack = await self._js.publish(
+                    subject, value, stream=f"KV_{bucket}",
+                    headers={api.Header.EXPECTED_LAST_SUBJECT_SEQUENCE: str(expect)},
+                )
+            except nats.js.errors.APIError as e:
+                if e.err_code in _ERR_WRONG_LAST:
+                    raise Conflict(f"{bucket}/{key}: revision {expect} is not current") from None
+                raise
+            return int(ack.seq)
+
+        async def run() -> int:
+            if not create:
+                return await publish(last)
+            try:
+                return await publish(0)
+            except Conflict:
+                # A deleted/purged key keeps a marker: creating over it is allowed.
+                try:
+                    msg = await self._js.get_msg(f"KV_{bucket}", subject=subject,
+                                                 direct=self._direct.get(bucket, False))
+                except nats.js.errors.NotFoundError:
+                    raise Exists(f"{bucket}/{key}: exists") from None
+                if _op_of(msg.headers) is Op.PUT:
+                    raise Exists(f"{bucket}/{key}: exists") from None
+                try:
+                    return await publish(int(msg.seq))
+                except Conflict:
+                    raise Exists(f"{bucket}/{key}: exists") from None
+
+        return await self._call(f"put {bucket}/{key}", run(), subject=subject)
+
+    async def delete(self, bucket: str, key: str, last: int | None = None) -> None:
+        subject = f"$KV.{bucket}.{key}"
+
+        async def run() -> None:
+            hdrs = {_KV_OP: "DEL"}
+            if last:
+                hdrs[api.Header.EXPECTED_LAST_SUBJECT_SEQUENCE] = str(last)
+            try:
+                await self._js.publish(subject, b"", stream=f"KV_{bucket}", headers=hdrs)
+            except nats.js.errors.APIError as e:
+                if e.err_code in _ERR_WRONG_LAST:
+                    raise Conflict(f"{bucket}/{key}: revision {last} is not current") from None
+                raise
+
+        await self._call(f"delete {bucket}/{key}", run(), subject=subject)
+
+    # -- watch -------------------------------------------------------------
+
+    async def watch(self, bucket: str, sink: WatchSink) -> _KvWatch:
+        assert self._token is not None
+        w = _KvWatch(self, bucket, sink, self._token)
+        await self._call(f"watch {bucket}", w.start(), bound=max(self.timeout, 10.0),
+                         subject=f"$JS.API.CONSUMER.CREATE.KV_{bucket}")
+        self._watches.add(w)
+        return w
+
+    async def stop_watch(self, w: _KvWatch) -> None:
+        self._watches.discard(w)
+        with contextlib.suppress(HvfsError):
+            await self._call(f"unwatch {w.bucket}", w._stop())
+
+
+class _KvWatch:
+    """One ordered, headers-only consumer per bucket feeding the index.
+
+    Items are batched and handed to the trio thread with one run_sync_soon per
+    batch, so a storm of changes costs the trio loop one wake-up per batch.
+    """
+
+    def __init__(self, store: NatsStore, bucket: str, sink: WatchSink,
+                 token: trio.lowlevel.TrioToken) -> None:
+        self.store = store
+        self.bucket = bucket
+        self.sink = sink
+        self.token = token
+        self.pre = f"$KV.{bucket}."
+        self.sub: Any = None
+        self._lock = threading.Lock()
+        self._buf: list[KvChange | str] = []
+        self._scheduled = False
+        self._synced = False
+        self._gen = 0
+
+    async def stop(self) -> None:
+        await self.store.stop_watch(self)
+
+    def _emit(self, item: KvChange | str) -> None:
+        with self._lock:
+            self._buf.append(item)
+            if self._scheduled:
+                return
+            self._scheduled = True
+        with contextlib.suppress(trio.RunFinishedError):
+            self.token.run_sync_soon(self._deliver)
+
+    def _deliver(self) -> None:  # trio thread
+        with self._lock:
+            items, self._buf = self._buf, []
+            self._scheduled = False
+        self.sink(items)  # type: ignore[arg-type]
+
+    async def start(self) -> None:
+        self._gen += 1
+        gen = self._gen
+        self._synced = False
+        self._emit(RESYNC)
+
+        async def on_msg(msg: Any) -> None:
+            if gen != self._gen:
+                return
+            meta = msg.metadata
+            hdrs = msg.headers
+            op = _op_of(hdrs)
+            size = len(msg.data or b"")
+            if hdrs and "Nats-Msg-Size" in hdrs:
+                size = int(hdrs["Nats-Msg-Size"])
+            if op is not Op.PUT:
+                size = 0
+            self._emit(KvChange(self.bucket, msg.subject[len(self.pre):], op,
+                                int(meta.sequence.stream), size, _ts(meta.timestamp)))
+            if not self._synced and meta.num_pending == 0:
+                self._synced = True
+                self._emit(SYNCED)
+
+        self.sub = await self.store._js.subscribe(
+            f"{self.pre}>", stream=f"KV_{self.bucket}", cb=on_msg, ordered_consumer=True,
+            deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT, headers_only=True,
+            inactive_threshold=300.0, pending_msgs_limit=-1,
+        )
+        info = await self.sub.consumer_info()
+        if info.num_pending == 0 and self.sub.delivered == 0 and not self._synced:
+            self._synced = True
+            self._emit(SYNCED)
+
+    async def restart(self) -> None:
+        for attempt in range(20):
+            try:
+                await self._stop()
+                await asyncio.wait_for(self.start(), max(self.store.timeout, 10.0))
+                return
+            except Exception as e:  # retried: the server may still be starting JetStream
+                log.warning("watch %s: restart failed (%s), attempt %d", self.bucket, e, attempt + 1)
+                await asyncio.sleep(0.5)
+
+    async def _stop(self) -> None:
+        self._gen += 1
+        sub, self.sub = self.sub, None
+        if sub is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(sub.unsubscribe(), self.store.timeout)
+
+
+def _map_error(e: BaseException, what: str) -> HvfsError:
+    """Translate a nats-py exception into the project's own (one place)."""
+    if isinstance(e, HvfsError):
+        return e
+    if isinstance(e, nats.js.errors.KeyWrongLastSequenceError):
+        return Conflict(f"{what}: revision is not current")
+    if isinstance(e, nats.js.errors.APIError):
+        code = e.err_code
+        if code in _ERR_WRONG_LAST:
+            return Conflict(f"{what}: revision is not current")
+        if code in _ERR_TOO_BIG:
+            return TooLarge(f"{what}: value larger than the bucket allows")
+        if isinstance(e, nats.js.errors.NotFoundError):
+            return NotFound(f"{what}: not found")
+        if isinstance(e, nats.js.errors.ServiceUnavailableError):
+            return Unavailable(f"{what}: JetStream unavailable")
+        return Invalid(f"{what}: {e.description or e}")
+    if isinstance(e, nats.errors.MaxPayloadError):
+        return TooLarge(f"{what}: value larger than the server's max payload")
+    if isinstance(e, nats.errors.NoRespondersError):
+        return Unavailable(f"{what}: no JetStream responder (bucket or stream missing?)")
+    if isinstance(e, nats.errors.TimeoutError | TimeoutError | asyncio.TimeoutError):
+        return Timeout(f"{what}: no answer from NATS")
+    if isinstance(e, nats.errors.ConnectionClosedError | nats.errors.StaleConnectionError
+                  | nats.errors.ConnectionReconnectingError | nats.errors.OutboundBufferLimitError):
+        return Unavailable(f"{what}: not connected to NATS")
+    if isinstance(e, asyncio.CancelledError):
+        return Unavailable(f"{what}: cancelled")
+    return Unavailable(f"{what}: {type(e).__name__}: {e}")

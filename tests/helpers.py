@@ -1,0 +1,137 @@
+"""Test helpers: a raw NATS client for "another client", mounts, deadlines."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+import nats
+from nats.js.api import KeyValueConfig
+
+T = TypeVar("T")
+
+
+def wait_for(cond: Callable[[], T], timeout: float = 5.0, what: str = "condition") -> T:
+    """Poll ``cond`` until it is truthy; fail with ``what`` at the deadline."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = cond()
+        except OSError as e:
+            last = e
+        else:
+            if last:
+                return last
+        time.sleep(0.01)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+class RawNats:
+    """Another NATS client (what the nats CLI or a service would be), on its own loop."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.nc: Any = self.run(nats.connect(url))
+        self.js = self.nc.jetstream()
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 10.0) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def kv(self, bucket: str) -> Any:
+        return self.run(self.js.key_value(bucket))
+
+    def create_bucket(self, bucket: str, **kw: Any) -> Any:
+        kw.setdefault("history", 10)
+        return self.run(self.js.create_key_value(KeyValueConfig(bucket=bucket, **kw)))
+
+    def put(self, bucket: str, key: str, value: bytes) -> int:
+        return self.run(self.kv(bucket).put(key, value))
+
+    def get(self, bucket: str, key: str) -> Any:
+        return self.run(self.kv(bucket).get(key))
+
+    def value(self, bucket: str, key: str) -> bytes | None:
+        try:
+            return self.get(bucket, key).value or b""
+        except nats.js.errors.KeyNotFoundError:
+            return None
+
+    def delete(self, bucket: str, key: str) -> None:
+        self.run(self.kv(bucket).delete(key))
+
+    def purge(self, bucket: str, key: str) -> None:
+        self.run(self.kv(bucket).purge(key))
+
+    def history(self, bucket: str, key: str) -> list[Any]:
+        return self.run(self.kv(bucket).history(key))
+
+    def close(self) -> None:
+        try:
+            self.run(self.nc.close(), timeout=5)
+        except Exception:
+            pass
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+
+
+def is_mounted(path: str | Path) -> bool:
+    path = os.path.realpath(path)
+    with open("/proc/mounts") as f:
+        return any(line.split()[1] == path for line in f)
+
+
+class Mount:
+    """``hvfs mount`` as a real subprocess, stopped by PID, unmounted always."""
+
+    def __init__(self, mountpoint: Path, server: str, *extra: str, log: Path | None = None) -> None:
+        self.mountpoint = mountpoint
+        self.server = server
+        self.extra = list(extra)
+        self.log = log or mountpoint.with_suffix(".log")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 20.0) -> Mount:
+        self.mountpoint.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, "-m", "hvfs", "mount", str(self.mountpoint), "--server", self.server,
+               "--log-level", "INFO", *self.extra]
+        with open(self.log, "ab") as logf:
+            self.proc = subprocess.Popen(cmd, stdout=logf, stderr=logf, stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"hvfs mount exited {self.proc.returncode}: {self.log.read_text()[-2000:]}")
+            if is_mounted(self.mountpoint) and (self.mountpoint / ".hvfs" / "status").exists():
+                return self
+            time.sleep(0.02)
+        self.stop()
+        raise AssertionError(f"mount did not appear: {self.log.read_text()[-2000:]}")
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+        if is_mounted(self.mountpoint):
+            subprocess.run(["fusermount3", "-u", "-z", str(self.mountpoint)], check=False)
+
+    def path(self, *parts: str) -> Path:
+        return self.mountpoint.joinpath(*parts)
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
