@@ -82,6 +82,8 @@ class Core:
         self.conflicts = Conflicts()
         self.errors = ErrorLog()
         self.handles: dict[int, Handle] = {}
+        #: ino -> the handle whose unpublished bytes define the size the kernel sees
+        self.writers: dict[int, Handle] = {}
         self._next_fh = 1
         self.views: dict[str, list[KvView]] = {}  # bucket -> views
         self._synced: dict[int, trio.Event] = {}  # id(view) -> set when snapshot complete
@@ -314,6 +316,9 @@ class Core:
             return len(node.render())
         if node.kind is Kind.REV:
             return len(node.data or b"")
+        w = self.writers.get(node.ino)
+        if w is not None and w.dirty:
+            return len(w.data)
         return node.size
 
     # -- open, read, write -----------------------------------------------------------
@@ -322,6 +327,8 @@ class Core:
         h.fh = self._next_fh
         self._next_fh += 1
         self.handles[h.fh] = h
+        if h.writable and h.dirty:
+            self.writers[h.node.ino] = h
         return h
 
     def handle(self, fh: int) -> Handle:
@@ -406,6 +413,7 @@ class Core:
             h.data.extend(bytes(end - len(h.data)))  # zero-fill any gap
         h.data[off:end] = buf
         h.dirty = h.wrote = True
+        self.writers[h.node.ino] = h
         return len(buf)
 
     async def truncate_handle(self, h: Handle, size: int) -> None:
@@ -422,6 +430,7 @@ class Core:
         else:
             del h.data[size:]
         h.dirty = h.wrote = True
+        self.writers[h.node.ino] = h
 
     async def flush(self, fh: int, final: bool = False) -> None:
         """Publish what the handle wrote: one new revision, CAS on the revision seen at open.
@@ -475,7 +484,10 @@ class Core:
             return None
 
     def release(self, fh: int) -> Handle | None:
-        return self.handles.pop(fh, None)
+        h = self.handles.pop(fh, None)
+        if h is not None and self.writers.get(h.node.ino) is h:
+            del self.writers[h.node.ino]
+        return h
 
     # -- create, mkdir, unlink, rmdir, rename ------------------------------------------
 

@@ -176,7 +176,8 @@ class NatsStore:
             for task, subj in list(self._inflight.items()):
                 if subj and (subj == subject or subject.startswith(subj) or subj.startswith(subject)):
                     task.cancel(msg=f"EACCES:{msg}")
-        log.warning("nats: %s", msg)
+        if self.state.connected:  # the first connect reports its own one-line reason
+            log.warning("nats: %s", msg)
 
     async def _on_disconnected(self) -> None:
         self.state.connected = False

@@ -1,0 +1,123 @@
+"""NATS going away: bounded failures, a live mount, recovery by itself."""
+
+import errno
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from hvfs.server import EmbeddedServer
+
+from .helpers import Mount, RawNats, is_mounted, wait_for
+
+
+@pytest.fixture
+def outage_mount(own_server, tmp_path):
+    m = Mount(tmp_path / "m", own_server.url, "--timeout", "1").start()
+    yield m
+    m.stop()
+
+
+def test_server_down_then_back(own_server, outage_mount, tmp_path):
+    m = outage_mount
+    raw = RawNats(own_server.url)
+    try:
+        raw.create_bucket("ops")
+        raw.put("ops", "k", b"v1")
+        p = m.path("kv", "ops", "k")
+        wait_for(lambda: p.exists() and p.read_bytes() == b"v1", what="key visible")
+    finally:
+        raw.close()
+    port = own_server.port
+    fd = os.open(p, os.O_WRONLY | os.O_TRUNC)  # a writer open across the outage
+    own_server.stop()
+
+    t0 = time.monotonic()
+    with pytest.raises(OSError) as e:
+        p.read_bytes()
+    assert e.value.errno in (errno.EIO, errno.ETIMEDOUT)
+    with pytest.raises(OSError) as e:
+        p.write_bytes(b"v2")
+    assert e.value.errno in (errno.EIO, errno.ETIMEDOUT)
+    os.write(fd, b"v2")
+    with pytest.raises(OSError) as e:
+        os.close(fd)
+    assert e.value.errno in (errno.EIO, errno.ETIMEDOUT)
+    assert time.monotonic() - t0 < 8, "failures must be fast"
+    assert is_mounted(m.mountpoint)
+    assert b'"connected": false' in m.path(".hvfs", "status").read_bytes()
+    # the bytes that could not land are kept
+    assert b"v2" in b"".join(f.read_bytes() for f in m.path(".hvfs", "conflicts").iterdir()
+                             if f.name != "index")
+
+    again = EmbeddedServer(own_server.store_dir, port=port)
+    again.start()
+    try:
+        wait_for(lambda: b'"connected": true' in m.path(".hvfs", "status").read_bytes(),
+                 timeout=15, what="reconnect")
+        p.write_bytes(b"v3")
+        raw = RawNats(again.url)
+        try:
+            assert raw.value("ops", "k") == b"v3"
+            raw.put("ops", "new", b"after")
+            wait_for(lambda: m.path("kv", "ops", "new").exists(), timeout=10, what="watch resumed")
+        finally:
+            raw.close()
+    finally:
+        again.stop()
+
+
+def test_mountpoint_missing(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "hvfs", "mount", str(tmp_path / "nope"), "--server",
+                        "nats://127.0.0.1:1"], capture_output=True, text=True, timeout=30)
+    assert r.returncode != 0
+    assert "does not exist" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_server_unusable(tmp_path):
+    d = tmp_path / "m"
+    d.mkdir()
+    t0 = time.monotonic()
+    r = subprocess.run([sys.executable, "-m", "hvfs", "mount", str(d), "--server", "nats://127.0.0.1:1",
+                        "--timeout", "1"], capture_output=True, text=True, timeout=30)
+    assert r.returncode != 0
+    assert "cannot connect" in r.stderr
+    assert r.stderr.strip().count("\n") == 0, r.stderr
+    assert time.monotonic() - t0 < 15
+    assert not is_mounted(d)
+
+
+def test_daemon_and_umount(server, tmp_path):
+    d = tmp_path / "m"
+    d.mkdir()
+    r = subprocess.run([sys.executable, "-m", "hvfs", "mount", str(d), "--server", server.url, "--daemon",
+                        "--log-file", str(tmp_path / "d.log")], capture_output=True, text=True, timeout=60)
+    try:
+        assert r.returncode == 0, r.stderr
+        assert is_mounted(d)
+        s = subprocess.run([sys.executable, "-m", "hvfs", "status", str(d)], capture_output=True, text=True,
+                           timeout=30)
+        assert s.returncode == 0 and '"connected": true' in s.stdout
+    finally:
+        u = subprocess.run([sys.executable, "-m", "hvfs", "umount", str(d)], capture_output=True, text=True,
+                           timeout=30)
+    assert u.returncode == 0, u.stderr
+    assert not is_mounted(d)
+
+
+def test_read_only(server, raw, bucket, tmp_path):
+    raw.put(bucket, "k", b"v")
+    m = Mount(tmp_path / "ro", server.url, "--read-only").start()
+    try:
+        p = m.path("kv", bucket, "k")
+        assert p.read_bytes() == b"v"
+        for fn in (lambda: p.write_bytes(b"x"), lambda: os.unlink(p),
+                   lambda: m.path("kv", bucket, "new").write_bytes(b"x")):
+            with pytest.raises(OSError) as e:
+                fn()
+            assert e.value.errno == errno.EROFS
+    finally:
+        m.stop()
