@@ -11,11 +11,12 @@ import time
 from collections import deque
 from dataclasses import asdict, dataclass, field
 
-__all__ = ["Conflict", "Conflicts", "ErrorLog"]
+__all__ = ["Conflict", "Conflicts", "ErrorLog", "EventLog"]
 
 MAX_CONFLICTS = 1000
 MAX_CONFLICT_BYTES = 64 << 20
 MAX_ERRORS = 500
+MAX_EVENT_BYTES = 4 << 20
 
 
 @dataclass(slots=True)
@@ -85,3 +86,38 @@ class ErrorLog:
 
     def render(self) -> bytes:
         return "".join(line + "\n" for line in self.lines).encode()
+
+
+class EventLog:
+    """``.hvfs/events``: one JSON line per change the mount sees, followable.
+
+    Offsets are absolute (the file only grows, so ``tail -f`` works); the
+    oldest bytes past MAX_EVENT_BYTES are dropped, and a read below the
+    retained window starts at its beginning.
+    """
+
+    def __init__(self) -> None:
+        self.buf = bytearray()
+        self.base = 0  # absolute offset of buf[0]
+        self.total = 0
+
+    def add(self, change: object) -> None:
+        c = change
+        line = json.dumps({
+            "bucket": getattr(c, "bucket", ""), "key": getattr(c, "key", ""),
+            "op": getattr(getattr(c, "op", None), "value", ""), "revision": getattr(c, "revision", 0),
+            "size": getattr(c, "size", 0), "time": round(getattr(c, "time", 0.0), 6),
+        }).encode() + b"\n"
+        self.buf += line
+        self.total += len(line)
+        if len(self.buf) > MAX_EVENT_BYTES:
+            cut = self.buf.find(b"\n", len(self.buf) - MAX_EVENT_BYTES // 2) + 1
+            del self.buf[:cut]
+            self.base += cut
+
+    def read(self, off: int, size: int) -> bytes:
+        start = max(off - self.base, 0)
+        return bytes(self.buf[start:start + size])
+
+    def render(self) -> bytes:
+        return bytes(self.buf)

@@ -8,19 +8,20 @@ flush/fsync/close as a compare-and-swap on the revision seen at open.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import trio
 
 from .config import MountConfig
-from .control import Conflicts, ErrorLog
+from .control import Conflicts, ErrorLog, EventLog
 from .errors import (
     Busy,
     Conflict,
@@ -30,6 +31,7 @@ from .errors import (
     Invalid,
     InvalidName,
     IsADirectory,
+    NameTooLong,
     NoAttr,
     NotADirectory,
     NotEmpty,
@@ -40,9 +42,8 @@ from .errors import (
     TooLarge,
     errno_of,
 )
-from .names import VALUE_NAME
 from .store import RESYNC, SYNCED, KvChange, Op, Store
-from .tree import Kind, KvView, Node, Tree
+from .tree import Kind, KvView, Node, SelfOps, Tree
 
 __all__ = ["Core", "Handle"]
 
@@ -68,6 +69,8 @@ class Handle:
     wrote: bool = False  # write()/ftruncate() happened since the last publish
     pid: int = 0
     direct_io: bool = False
+    keep_cache: bool = False
+    refused: bool = False  # a write was refused (EFBIG): later writes are refused too
     errors: list[str] = field(default_factory=list)
 
 
@@ -93,12 +96,18 @@ class Core:
         self.counters: dict[str, int] = {"opens": 0, "reads": 0, "publishes": 0, "conflicts": 0,
                                          "changes_seen": 0}
         self.self_pids: set[int] = set()  # threads whose requests touch nothing in NATS
+        self.selfops = SelfOps()
+        #: dir ino -> monotonic time of its last listing by anyone but the notifier
+        self.listed: dict[int, float] = {}
+        self.notifier: Any = None  # hvfs.notifier.Notifier, set by the mount
+        self.events = EventLog()
         self.on_change: list[Callable[[KvChange], None]] = []
         self.kv_dir: Node | None = self.tree.mkdirs("kv") if self.config.raw else None
         self.ctl = self.tree.mkdirs(".hvfs")
         self.conflicts_dir = self.tree.mkdirs(".hvfs/conflicts")
         self._ctl_file(self.ctl, b"status", self.render_status)
         self._ctl_file(self.ctl, b"errors", self.errors.render)
+        self.events_node = self._ctl_file(self.ctl, b"events", self.events.render)
         self._ctl_file(self.conflicts_dir, b"index", self.conflicts.index)
 
     # -- start-up -----------------------------------------------------------
@@ -153,12 +162,23 @@ class Core:
                 root = self.tree.new(Kind.DIR, name.encode(), self.kv_dir)
                 root.local = True
                 self.tree.attach(self.kv_dir, root)
-                self.tree.notify((self.kv_dir.ino, root.name, root.ino, "mkdir"))
+                self.tree.notify(self.kv_dir, root.name, root, "mkdir")
                 await self._add_view(KvView(self.tree, root, name))
         for child in list(self.kv_dir.children.values()):
             bucket = child.name.decode()
             if bucket not in names:
                 await self._drop_bucket(bucket, child)
+
+    async def poll_buckets(self, interval: float = 1.0,
+                           task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Background: buckets created or deleted elsewhere appear under kv/ by themselves."""
+        task_status.started()
+        while True:
+            await trio.sleep(interval)
+            try:
+                await self.refresh_buckets(force=True)
+            except HvfsError as e:
+                log.debug("bucket poll: %s", e.reason)
 
     async def _discover_bucket(self, name: bytes) -> None:
         """A lookup of an unknown kv/NAME: one stream-info call, not a full listing."""
@@ -188,7 +208,7 @@ class Core:
         parent = root.parent
         self.tree.detach(root)
         if parent is not None:
-            self.tree.notify((parent.ino, root.name, root.ino, "delete"))
+            self.tree.notify(parent, root.name, root, "delete")
 
     async def close(self) -> None:
         for w in list(self._watches.values()):
@@ -217,6 +237,7 @@ class Core:
                 self.counters["changes_seen"] += 1
                 for v in views:
                     v.apply(item.key, item.op is not Op.PUT, item.revision, item.size, item.time)
+                self.events.add(item)
                 for fn in self.on_change:
                     fn(item)
 
@@ -228,7 +249,15 @@ class Core:
             raise NotFound(f"inode {ino} is gone")
         return n
 
-    async def lookup(self, parent_ino: int, name: bytes) -> Node:
+    async def lookup(self, parent_ino: int, name: bytes, pid: int = 0) -> Node:
+        if pid in self.self_pids:
+            seen = self.selfops.lookup(parent_ino, name)
+            if seen is not None:
+                if seen[0] == "hide":
+                    raise NotFound("notifier: entry not announced yet")
+                node = seen[1]
+                self.tree.nodes.setdefault(node.ino, node)  # the kernel holds it until forget
+                return node
         parent = self.node(parent_ino)
         if parent.kind is not Kind.DIR:
             raise NotADirectory(f"{parent.path()!r} is not a directory")
@@ -283,8 +312,10 @@ class Core:
             node.mtime = node.ctime = entry.time
         return node
 
-    async def readdir(self, ino: int) -> list[tuple[bytes, Node]]:
+    async def readdir(self, ino: int, pid: int = 0) -> list[tuple[bytes, Node]]:
         d = self.node(ino)
+        if pid not in self.self_pids:
+            self.listed[ino] = time.monotonic()
         if d.kind is not Kind.DIR:
             raise NotADirectory(f"{d.path()!r} is not a directory")
         if d is self.kv_dir:
@@ -312,6 +343,8 @@ class Core:
                 self.tree.detach(d.children[bname])
 
     def size_of(self, node: Node) -> int:
+        if node is self.events_node:
+            return self.events.total
         if node.kind is Kind.CTRL and node.render is not None:
             return len(node.render())
         if node.kind is Kind.REV:
@@ -348,7 +381,8 @@ class Core:
             if writable:
                 raise NotPermitted(".hvfs files are read-only")
             assert node.render is not None
-            return self._new_fh(Handle(0, node, False, node.render(), 0, direct_io=True))
+            data = b"" if node is self.events_node else node.render()
+            return self._new_fh(Handle(0, node, False, data, 0, direct_io=True))
         if writable and self.read_only:
             raise ReadOnly("mounted read-only")
         if pid in self.self_pids:
@@ -375,7 +409,10 @@ class Core:
             raise
         view.put(node.key, entry.revision, len(entry.value), entry.time)
         if not writable:
-            return self._new_fh(Handle(0, node, False, entry.value, entry.revision))
+            # The page cache holds this very revision: let the kernel keep it.
+            keep = node.cached == entry.revision and node.ino not in self.writers
+            node.cached = entry.revision
+            return self._new_fh(Handle(0, node, False, entry.value, entry.revision, keep_cache=keep))
         data = bytearray() if trunc else bytearray(entry.value)
         return self._new_fh(Handle(0, node, True, data, entry.revision, dirty=trunc))
 
@@ -388,6 +425,8 @@ class Core:
     def read(self, fh: int, off: int, size: int) -> bytes:
         h = self.handle(fh)
         self.counters["reads"] += 1
+        if h.node is self.events_node:
+            return self.events.read(off, size)
         return bytes(h.data[off:off + size])
 
     async def max_value_size(self, view: KvView) -> int:
@@ -403,16 +442,21 @@ class Core:
             raise Invalid("file not open for writing")
         if h.pid in self.self_pids:
             return len(buf)
+        if h.refused:
+            raise TooLarge("an earlier write on this handle was refused; the old value stays")
         assert isinstance(h.data, bytearray) and h.node.view is not None
         end = off + len(buf)
         if end > len(h.data):
             limit = await self.max_value_size(h.node.view)
             if end > limit:
+                h.dirty = h.wrote = False  # the old value stays whole: nothing of this handle lands
+                h.refused = True
                 raise TooLarge(f"{h.node.view.bucket}/{h.node.key}: {end} bytes is over the "
                                f"bucket's max value size of {limit} bytes")
             h.data.extend(bytes(end - len(h.data)))  # zero-fill any gap
         h.data[off:end] = buf
         h.dirty = h.wrote = True
+        h.node.cached = 0
         self.writers[h.node.ino] = h
         return len(buf)
 
@@ -425,6 +469,8 @@ class Core:
         if size > len(h.data):
             limit = await self.max_value_size(h.node.view)
             if size > limit:
+                h.dirty = h.wrote = False
+                h.refused = True
                 raise TooLarge(f"{size} bytes is over the bucket's max value size of {limit} bytes")
             h.data.extend(bytes(size - len(h.data)))
         else:
@@ -451,10 +497,11 @@ class Core:
         data = bytes(h.data)
         h.dirty = h.wrote = False
         try:
-            if h.base == 0:
-                rev = await self.store.create(view.bucket, node.key, data)
-            else:
-                rev = await self.store.update(view.bucket, node.key, data, h.base)
+            with self._muted(view, node.key):
+                if h.base == 0:
+                    rev = await self.store.create(view.bucket, node.key, data)
+                else:
+                    rev = await self.store.update(view.bucket, node.key, data, h.base)
         except HvfsError as e:
             current = e.current if isinstance(e, Conflict) else None
             if isinstance(e, Exists | Conflict):
@@ -469,13 +516,26 @@ class Core:
                 parent = node.parent
                 self.tree.detach(node)
                 if parent is not None:
-                    self.tree.notify((parent.ino, node.name, node.ino, "delete"))
+                    self.tree.notify(parent, node.name, node, "delete")
             raise
         self.counters["publishes"] += 1
         h.base = rev
         view.put(node.key, rev, len(data), time.time(), notify=False)
         if node.kind is Kind.KV:
-            node.revision, node.size, node.local = max(node.revision, rev), len(data), False
+            node.size, node.local = len(data), False
+            if node.revision > rev and node.parent is not None:
+                # Another writer's revision arrived while ours was in flight.
+                self.tree.notify(node.parent, node.name, node, "modify")
+            node.revision = max(node.revision, rev)
+
+    @contextlib.contextmanager
+    def _muted(self, view: KvView, key: str) -> Iterator[None]:
+        """While this mount changes ``key``, its watch echo is not news to the kernel."""
+        view.mute(key)
+        try:
+            yield
+        finally:
+            view.unmute(key)
 
     async def _safe_current(self, view: KvView, key: str) -> int | None:
         try:
@@ -501,14 +561,19 @@ class Core:
             raise ReadOnly("mounted read-only")
         return parent, parent.view
 
+    def _announced(self, parent_ino: int, name: bytes, kind: Kind) -> Node:
+        """The node a notifier create/mkdir announces; NotFound if it is gone already."""
+        node = self.selfops.announced(parent_ino, name, kind)
+        if node is None:
+            raise NotFound("notifier: entry is gone")
+        return node
+
     async def create(self, parent_ino: int, name: bytes, flags: int, pid: int = 0) -> Handle:
+        if pid in self.self_pids:
+            node = self._announced(parent_ino, name, Kind.KV)
+            return self._new_fh(Handle(0, node, True, b"", node.revision, pid=pid))
         parent, view = self._kv_parent(parent_ino)
         assert parent.children is not None
-        if pid in self.self_pids:
-            node = parent.children.get(name)
-            if node is None:
-                raise NotFound("notifier: entry is gone")
-            return self._new_fh(Handle(0, node, True, b"", node.revision, pid=pid))
         m = _REV_RE.match(name)
         if m and name not in parent.children:
             # echo > FILE@REV where REV is not in the history (0: must not exist)
@@ -519,12 +584,13 @@ class Core:
             if flags & os.O_EXCL:
                 raise Exists(f"{name!r} exists")
             return await self.open(existing.ino, flags)
+        if len(name) > 255:
+            raise NameTooLong("name longer than 255 bytes")
         key = view.key_for(parent, name)
-        if name != VALUE_NAME and len(name) > 255:
-            raise InvalidName("name too long")
         if flags & os.O_EXCL:
             # An atomic claim: exactly one creator in the whole fleet wins, now.
-            rev = await self.store.create(view.bucket, key, b"")
+            with self._muted(view, key):
+                rev = await self.store.create(view.bucket, key, b"")
             node = view.put(key, rev, 0, time.time(), notify=False)
             if node is None:
                 raise InvalidName(f"{name!r} maps to key {key!r}, which cannot be shown here")
@@ -535,7 +601,9 @@ class Core:
         view.keys[key] = node
         return self._new_fh(Handle(0, node, True, bytearray(), 0, dirty=True))
 
-    async def mkdir(self, parent_ino: int, name: bytes) -> Node:
+    async def mkdir(self, parent_ino: int, name: bytes, pid: int = 0) -> Node:
+        if pid in self.self_pids:
+            return self._announced(parent_ino, name, Kind.DIR)
         parent = self.node(parent_ino)
         if parent is self.kv_dir and not self.read_only:
             bucket = name.decode(errors="replace")
@@ -552,6 +620,8 @@ class Core:
         assert parent.children is not None
         if name in parent.children:
             raise Exists(f"{name!r} exists")
+        if len(name) > 255:
+            raise NameTooLong("name longer than 255 bytes")
         key = view.key_for(parent, name)
         node = self.tree.new(Kind.DIR, name, parent)
         node.view, node.key, node.local = view, key, True
@@ -559,6 +629,8 @@ class Core:
         return node
 
     async def unlink(self, parent_ino: int, name: bytes, pid: int = 0) -> None:
+        if pid in self.self_pids:
+            return  # the notifier announcing a delete already applied
         parent = self.node(parent_ino)
         assert parent.children is not None
         node = parent.children.get(name)
@@ -567,21 +639,20 @@ class Core:
             self.tree.detach(node)
             return
         parent, view = self._kv_parent(parent_ino)
-        if pid in self.self_pids:
-            if node is not None:
-                self.tree.detach(node)
-            return
         if node is None:
             raise NotFound(f"{name!r}: no such file")
         if node.kind is Kind.DIR:
             raise IsADirectory(f"{name!r} is a directory")
         if not (node.local and node.revision == 0):
-            await self.store.delete(view.bucket, node.key)
+            with self._muted(view, node.key):
+                await self.store.delete(view.bucket, node.key)
         view.keys.pop(node.key, None)
         self.tree.detach(node)
         view.prune(parent, notify=False)
 
-    async def rmdir(self, parent_ino: int, name: bytes) -> None:
+    async def rmdir(self, parent_ino: int, name: bytes, pid: int = 0) -> None:
+        if pid in self.self_pids:
+            return
         parent, view = self._kv_parent(parent_ino)
         assert parent.children is not None
         node = parent.children.get(name)
@@ -618,17 +689,27 @@ class Core:
             raise Exists(f"{new!r} exists")
         dst_key = dst.key if dst is not None else dst_view.key_for(dst_parent, new)
         entry = await self.store.get(src_view.bucket, src.key)
-        if dst is not None and not (dst.local and dst.revision == 0):
-            current = await self._current_revision(dst_view, dst_key)
+        with self._muted(dst_view, dst_key), self._muted(src_view, src.key):
+            current = 0
+            if dst is not None and not (dst.local and dst.revision == 0):
+                current = await self._current_revision(dst_view, dst_key)
             if current:
                 rev = await self.store.update(dst_view.bucket, dst_key, entry.value, current)
             else:
                 rev = await self.store.create(dst_view.bucket, dst_key, entry.value)
-        else:
-            rev = await self.store.create(dst_view.bucket, dst_key, entry.value)
-        dst_view.put(dst_key, rev, len(entry.value), time.time(), notify=False)
-        await self.store.delete(src_view.bucket, src.key, entry.revision)
-        src_view.remove(src.key, None, notify=False)
+            await self.store.delete(src_view.bucket, src.key, entry.revision)
+        # The kernel moves the source inode to the new name: so does the index.
+        src_view.keys.pop(src.key, None)
+        self.tree.detach(src)
+        if dst is not None:
+            dst_view.keys.pop(dst.key, None)
+            self.tree.detach(dst)
+        src.view, src.key, src.name = dst_view, dst_key, new
+        src.revision, src.size, src.cached = rev, len(entry.value), 0
+        src.mtime = src.ctime = time.time()
+        self.tree.attach(dst_parent, src)
+        dst_view.keys[dst_key] = src
+        src_view.prune(src_parent, notify=False)
 
     async def set_size(self, ino: int, size: int, fh: int | None) -> None:
         """truncate(2): on a handle it is buffered, on a path it is one new revision."""
@@ -680,5 +761,7 @@ class Core:
             "conflicts": {"held": len(self.conflicts.items), "total": self.conflicts.total},
             "errors_total": self.errors.total,
         }
+        if self.notifier is not None:
+            doc["notifier"] = dict(self.notifier.stats, queue=self.notifier.queue_length())
         return (json.dumps(doc, indent=2) + "\n").encode()
 

@@ -6,6 +6,7 @@
     ├── Conflict              ESTALE   CAS lost: the revision seen is not current
     ├── TooLarge              EFBIG    value over the bucket's max value size
     ├── InvalidName           EINVAL   a name that maps to no key
+    │   └── NameTooLong       ENAMETOOLONG the key would be longer than NATS carries
     ├── Invalid               EINVAL   bad input of another kind
     ├── NotEmpty              ENOTEMPTY
     ├── IsADirectory          EISDIR
@@ -35,6 +36,7 @@ __all__ = [
     "InvalidName",
     "IsADirectory",
     "NotADirectory",
+    "NameTooLong",
     "NoAttr",
     "NotEmpty",
     "NotFound",
@@ -82,6 +84,10 @@ class Invalid(HvfsError):
 
 
 class InvalidName(Invalid):
+    pass
+
+
+class NameTooLong(InvalidName):
     pass
 
 
@@ -138,6 +144,7 @@ _ERRNO: dict[type[HvfsError], int] = {
     Exists: errno.EEXIST,
     Conflict: errno.ESTALE,
     TooLarge: errno.EFBIG,
+    NameTooLong: errno.ENAMETOOLONG,
     InvalidName: errno.EINVAL,
     Invalid: errno.EINVAL,
     NotEmpty: errno.ENOTEMPTY,

@@ -65,11 +65,11 @@ class Operations(pyfuse3.Operations):
     enable_writeback_cache = False
     enable_acl = False
 
-    def __init__(self, core: Core, entry_timeout: float = 1.0, attr_timeout: float = 0.0) -> None:
+    def __init__(self, core: Core, entry_timeout: float = 1.0, dir_attr_timeout: float = 1.0) -> None:
         super().__init__()
         self.core = core
         self.entry_timeout = entry_timeout
-        self.attr_timeout = attr_timeout
+        self.dir_attr_timeout = dir_attr_timeout
         self.uid = os.getuid()
         self.gid = os.getgid()
         self._dirs: dict[int, list[tuple[bytes, Node]]] = {}
@@ -82,8 +82,11 @@ class Operations(pyfuse3.Operations):
         a.st_ino = node.ino
         a.generation = 0
         a.entry_timeout = self.entry_timeout
-        a.attr_timeout = self.attr_timeout
+        # A file's attributes are never cached: open() fetches the value, and
+        # a stale cached size would cut the read of a grown value short.
+        a.attr_timeout = 0
         if node.kind is Kind.DIR:
+            a.attr_timeout = self.dir_attr_timeout
             a.st_mode = stat.S_IFDIR | 0o755
             a.st_nlink = 2
             a.st_size = 0
@@ -109,7 +112,7 @@ class Operations(pyfuse3.Operations):
 
     @_fuse
     async def lookup(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        return self._entry(await self.core.lookup(parent_inode, name))
+        return self._entry(await self.core.lookup(parent_inode, name, ctx.pid))
 
     @_fuse
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
@@ -121,7 +124,7 @@ class Operations(pyfuse3.Operations):
 
     @_fuse
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
-        entries = await self.core.readdir(inode)
+        entries = await self.core.readdir(inode, ctx.pid)
         fh = self._next_dir
         self._next_dir += 1
         self._dirs[fh] = entries
@@ -142,7 +145,7 @@ class Operations(pyfuse3.Operations):
     # -- files -------------------------------------------------------------
 
     def _info(self, h: Handle) -> pyfuse3.FileInfo:
-        return pyfuse3.FileInfo(fh=h.fh, direct_io=h.direct_io, keep_cache=False)
+        return pyfuse3.FileInfo(fh=h.fh, direct_io=h.direct_io, keep_cache=h.keep_cache)
 
     @_fuse
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
@@ -194,7 +197,7 @@ class Operations(pyfuse3.Operations):
     @_fuse
     async def mkdir(self, parent_inode: int, name: bytes, mode: int,
                     ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        return self._entry(await self.core.mkdir(parent_inode, name))
+        return self._entry(await self.core.mkdir(parent_inode, name, ctx.pid))
 
     @_fuse
     async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
@@ -202,7 +205,7 @@ class Operations(pyfuse3.Operations):
 
     @_fuse
     async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        await self.core.rmdir(parent_inode, name)
+        await self.core.rmdir(parent_inode, name, ctx.pid)
 
     @_fuse
     async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int,

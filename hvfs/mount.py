@@ -23,6 +23,7 @@ from .core import Core
 from .errors import HvfsError, Unavailable
 from .fs import Operations
 from .natsstore import NatsStore
+from .notifier import Notifier
 from .server import EmbeddedServer
 
 __all__ = ["MountOptions", "check_mountpoint", "run_mount"]
@@ -38,8 +39,9 @@ class MountOptions:
     store_dir: str | None = None
     read_only: bool = False
     allow_other: bool = False
-    entry_timeout: float = 1.0
-    attr_timeout: float = 0.0
+    entry_timeout: float = 60.0
+    dir_attr_timeout: float = 60.0
+    notify: bool = True
     debug_fuse: bool = False
 
 
@@ -79,7 +81,10 @@ async def run_mount(opts: MountOptions, ready: Callable[[], None] | None = None)
         core = Core(store, opts.config, read_only=opts.read_only, max_payload=max_payload)
         stack.push_async_callback(core.close)
         await core.start()
-        ops = Operations(core, entry_timeout=opts.entry_timeout, attr_timeout=opts.attr_timeout)
+        if not opts.notify:
+            # Without the notifier nothing invalidates the kernel's caches.
+            opts.entry_timeout = opts.dir_attr_timeout = 0.0
+        ops = Operations(core, entry_timeout=opts.entry_timeout, dir_attr_timeout=opts.dir_attr_timeout)
         options = set(pyfuse3.default_options)
         options |= {"fsname=hvfs", "subtype=hvfs"}
         if opts.allow_other:
@@ -99,8 +104,16 @@ async def run_mount(opts: MountOptions, ready: Callable[[], None] | None = None)
                 pyfuse3.close(unmount=True)
 
         stack.callback(close_fuse)
+        if opts.notify:
+            notifier = Notifier(opts.mountpoint, core.self_pids, core.selfops, core.listed)
+            notifier.start()
+            stack.callback(notifier.stop)  # stops before the unmount above
+            core.notifier = notifier
+            core.tree.listeners.append(notifier.enqueue)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_signals)
+            if core.kv_dir is not None:
+                await nursery.start(core.poll_buckets)
             log.info("mounted %s", opts.mountpoint)
             if ready is not None:
                 ready()

@@ -17,12 +17,16 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 
-from .errors import InvalidName, NotADirectory
+from .errors import InvalidName, NameTooLong, NotADirectory
 from .names import VALUE_NAME, decode_token, encode_name
 
-__all__ = ["Kind", "KvView", "Node", "Tree"]
+__all__ = ["Kind", "KvView", "Listener", "Node", "SelfOps", "Tree"]
 
 log = logging.getLogger(__name__)
+
+#: Longest key hvfs writes: the subject ($KV.<bucket>.<key>) must fit the
+#: server's control line (4 KiB by default) with headers to spare.
+MAX_KEY = 2048
 
 
 class Kind(enum.Enum):
@@ -37,7 +41,7 @@ class Node:
 
     __slots__ = (
         "ino", "kind", "name", "parent", "children", "view", "key", "revision",
-        "size", "mtime", "ctime", "nlookup", "local", "linked", "render", "data",
+        "size", "mtime", "ctime", "nlookup", "local", "linked", "render", "data", "cached",
     )
 
     def __init__(self, ino: int, kind: Kind, name: bytes, parent: Node | None) -> None:
@@ -58,6 +62,7 @@ class Node:
         self.linked = True  # still reachable from its parent
         self.render: Callable[[], bytes] | None = None  # CTRL content
         self.data: bytes | None = None  # REV content, CTRL snapshot
+        self.cached = 0  # the revision whose content the kernel's page cache may hold
 
     def __repr__(self) -> str:
         return f"<Node {self.ino} {self.kind.value} {self.name!r} key={self.key!r} rev={self.revision}>"
@@ -75,9 +80,45 @@ class Node:
         return b"/" + b"/".join(reversed(parts))
 
 
-#: What the kernel must hear about a change: (parent ino, name, child ino, what)
-#: with what in {"create", "modify", "delete", "mkdir"}. Consumed by the notifier.
-Notice = tuple[int, bytes, int, str]
+#: What the kernel must hear about a change: fn(parent, name, node, what) with
+#: what in {"create", "modify", "delete", "mkdir"}. Consumed by the notifier.
+Listener = Callable[["Node", bytes, "Node", str], None]
+
+
+class SelfOps:
+    """What the notifier's own requests must see.
+
+    ``current`` is the one notice the notifier is repeating through the
+    mountpoint right now: its create/mkdir must find the name absent, its
+    delete present. ``gone`` keeps deleted nodes reachable for the path walks
+    of pending deletes (a file inside a directory that is already pruned).
+    Written by the notifier and the trio thread, read by handlers on the trio
+    thread: plain attribute and dict operations, atomic under the GIL.
+    """
+
+    def __init__(self) -> None:
+        self.current: tuple[int, bytes, Node, str] | None = None
+        #: (parent ino, name) -> (node, seq) for notices of deletes not yet repeated
+        self.gone: dict[tuple[int, bytes], tuple[Node, int]] = {}
+
+    def lookup(self, parent_ino: int, name: bytes) -> tuple[str, Node] | None:
+        cur = self.current
+        if cur is not None and cur[0] == parent_ino and cur[1] == name:
+            if cur[3] in ("create", "mkdir"):
+                return ("hide", cur[2])
+            if cur[3] == "delete":
+                return ("show", cur[2])
+            return None
+        g = self.gone.get((parent_ino, name))
+        return ("show", g[0]) if g is not None else None
+
+    def announced(self, parent_ino: int, name: bytes, kind: Kind) -> Node | None:
+        cur = self.current
+        if (cur is not None and cur[0] == parent_ino and cur[1] == name and cur[2].kind is kind
+                and cur[2].linked and cur[3] in ("create", "mkdir") and cur[2].name == name
+                and cur[2].parent is not None and cur[2].parent.ino == parent_ino):
+            return cur[2]
+        return None
 
 
 class Tree:
@@ -89,7 +130,7 @@ class Tree:
         self.root = Node(1, Kind.DIR, b"", None)
         self.root.nlookup = 1
         self.nodes[1] = self.root
-        self.listeners: list[Callable[[Notice], None]] = []
+        self.listeners: list[Listener] = []
 
     def new(self, kind: Kind, name: bytes, parent: Node | None) -> Node:
         node = Node(self._next, kind, name, parent)
@@ -131,6 +172,13 @@ class Tree:
         node.linked = False
         self.maybe_free(node)
 
+    def unlink_for_move(self, node: Node) -> None:
+        """Take a node out of its directory to attach it elsewhere (kept in the table)."""
+        parent = node.parent
+        if parent is not None and parent.children is not None and parent.children.get(node.name) is node:
+            del parent.children[node.name]
+            parent.mtime = parent.ctime = time.time()
+
     def maybe_free(self, node: Node) -> None:
         """Drop an unlinked inode once the kernel has forgotten it."""
         if not node.linked and node.nlookup <= 0 and node.ino != 1:
@@ -143,9 +191,9 @@ class Tree:
         node.nlookup -= n
         self.maybe_free(node)
 
-    def notify(self, notice: Notice) -> None:
+    def notify(self, parent: Node, name: bytes, node: Node, what: str) -> None:
         for fn in self.listeners:
-            fn(notice)
+            fn(parent, name, node, what)
 
     def walk(self, node: Node) -> Iterator[Node]:
         yield node
@@ -168,6 +216,19 @@ class KvView:
         self.synced = False
         self._resync_seen: set[str] | None = None
         self.hidden: dict[str, str] = {}  # key -> why it is not shown
+        #: keys this mount is publishing right now: their watch echo is applied
+        #: without telling the kernel (it saw the local operation itself)
+        self.quiet: dict[str, int] = {}
+
+    def mute(self, key: str) -> None:
+        self.quiet[key] = self.quiet.get(key, 0) + 1
+
+    def unmute(self, key: str) -> None:
+        n = self.quiet.get(key, 0) - 1
+        if n <= 0:
+            self.quiet.pop(key, None)
+        else:
+            self.quiet[key] = n
 
     # -- names -------------------------------------------------------------
 
@@ -180,7 +241,10 @@ class KvView:
                 raise InvalidName(f"{VALUE_NAME!r} names the directory's own key; this directory has none")
             return parent.key
         token = encode_name(name)
-        return f"{parent.key}.{token}" if parent.key else token
+        key = f"{parent.key}.{token}" if parent.key else token
+        if len(key) > MAX_KEY:
+            raise NameTooLong(f"key would be {len(key)} characters; at most {MAX_KEY} fit a NATS subject here")
+        return key
 
     def _rel_tokens(self, key: str) -> list[str] | None:
         if not self.prefix:
@@ -205,6 +269,7 @@ class KvView:
         """Record revision ``revision`` of ``key``; older revisions are ignored."""
         if self._resync_seen is not None:
             self._resync_seen.add(key)
+        notify = notify and key not in self.quiet
         node = self.keys.get(key)
         if node is not None:
             if revision <= node.revision:
@@ -212,7 +277,7 @@ class KvView:
             node.revision, node.size, node.mtime, node.ctime = revision, size, mtime, mtime
             node.local = False
             if notify and node.parent is not None:
-                self.tree.notify((node.parent.ino, node.name, node.ino, "modify"))
+                self.tree.notify(node.parent, node.name, node, "modify")
             return node
         tokens = self._rel_tokens(key)
         if tokens is None:
@@ -243,7 +308,7 @@ class KvView:
         self.tree.attach(parent, node)
         self.keys[key] = node
         if notify:
-            self.tree.notify((parent.ino, node.name, node.ino, "create"))
+            self.tree.notify(parent, node.name, node, "create")
         return node
 
     def _dir_for(self, tokens: list[str], notify: bool) -> Node | None:
@@ -258,13 +323,12 @@ class KvView:
                 child.key = f"{node.key}.{tok}" if node.key else tok
                 self.tree.attach(node, child)
                 if notify:
-                    self.tree.notify((node.ino, name, child.ino, "mkdir"))
+                    self.tree.notify(node, name, child, "mkdir")
             elif child.kind is Kind.KV:
                 # A file must become a directory: it moves inside as .value.
                 if child.key != (f"{node.key}.{tok}" if node.key else tok):
                     return None
-                self.tree.detach(child)
-                child.linked = True  # re-attached below
+                self.tree.unlink_for_move(child)
                 newdir = self.tree.new(Kind.DIR, name, node)
                 newdir.view = self
                 newdir.key = child.key
@@ -272,9 +336,9 @@ class KvView:
                 child.name = VALUE_NAME
                 self.tree.attach(newdir, child)
                 if notify:
-                    self.tree.notify((node.ino, name, child.ino, "delete"))
-                    self.tree.notify((node.ino, name, newdir.ino, "mkdir"))
-                    self.tree.notify((newdir.ino, VALUE_NAME, child.ino, "create"))
+                    self.tree.notify(node, name, child, "delete")
+                    self.tree.notify(node, name, newdir, "mkdir")
+                    self.tree.notify(newdir, VALUE_NAME, child, "create")
                 child = newdir
             elif child.kind is not Kind.DIR:
                 return None
@@ -290,11 +354,12 @@ class KvView:
             return None
         if revision is not None and revision <= node.revision:
             return None
+        notify = notify and key not in self.quiet
         del self.keys[key]
         parent = node.parent
         self.tree.detach(node)
         if notify and parent is not None:
-            self.tree.notify((parent.ino, node.name, node.ino, "delete"))
+            self.tree.notify(parent, node.name, node, "delete")
         if parent is not None:
             self.prune(parent, notify)
         return node
@@ -307,16 +372,16 @@ class KvView:
             if not d.children:
                 self.tree.detach(d)
                 if notify:
-                    self.tree.notify((parent.ino, d.name, d.ino, "delete"))
+                    self.tree.notify(parent, d.name, d, "delete")
             elif len(d.children) == 1 and VALUE_NAME in d.children:
                 value = d.children[VALUE_NAME]
-                self.tree.detach(value)
+                self.tree.unlink_for_move(value)
                 self.tree.detach(d)
                 value.name = d.name
                 self.tree.attach(parent, value)
                 if notify:
-                    self.tree.notify((parent.ino, d.name, d.ino, "delete"))
-                    self.tree.notify((parent.ino, value.name, value.ino, "create"))
+                    self.tree.notify(parent, d.name, d, "delete")
+                    self.tree.notify(parent, value.name, value, "create")
             else:
                 return
             d = parent

@@ -135,3 +135,46 @@ class Mount:
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+class Inotify:
+    """``inotifywait -m -r`` on a directory; events collected by a reader thread."""
+
+    def __init__(self, path: Path) -> None:
+        import queue
+
+        self.path = path
+        self.events: list[tuple[str, str]] = []
+        self._q: queue.Queue[str] = queue.Queue()
+        self.proc = subprocess.Popen(
+            ["inotifywait", "-m", "-r", "--format", "%e|%w%f", str(path)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            if "Watches established" in line:
+                break
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            ev, _, p = line.rstrip("\n").partition("|")
+            self.events.append((ev, p))
+
+    def wait(self, event: str, path: Path | str, timeout: float = 3.0) -> tuple[str, str]:
+        """Wait for an event whose flags include ``event`` on ``path``."""
+        p = str(path)
+        want = set(event.split(","))
+        return wait_for(lambda: next((e for e in list(self.events)
+                                      if want <= set(e[0].split(",")) and e[1] == p), None),
+                        timeout, f"{event} on {p} (have {self.events[-10:]})")
+
+    def of(self, path: Path | str) -> list[str]:
+        return [e[0] for e in list(self.events) if e[1] == str(path)]
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()

@@ -1,0 +1,180 @@
+"""The kernel notifier: remote changes reach the kernel and inotify watchers.
+
+The kernel emits inotify events only for operations that pass through the
+VFS; ``invalidate_*`` emit none. So this thread repeats each remote change
+through the mountpoint itself: create -> ``open(O_CREAT|O_EXCL)``, a new
+directory -> ``mkdir``, modify -> ``open(O_WRONLY)`` + ``ftruncate`` (same
+size), delete -> ``unlink``/``rmdir``. The handlers recognise this thread's
+requests (``Core.self_pids``) and touch nothing in NATS.
+
+Everything that talks to the kernel from outside a request runs here:
+calling ``invalidate_entry`` or a self-operation from the trio thread while a
+request is in flight deadlocks the mount. No handler ever waits for this
+thread; it only reads a queue the trio thread fills.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+
+import pyfuse3
+
+from .tree import Kind, Node, SelfOps
+
+__all__ = ["Notifier"]
+
+log = logging.getLogger(__name__)
+
+#: Past this many queued notices, modifies of one inode are coalesced and
+#: new work is still accepted; the counter "coalesced" says how often.
+MAX_QUEUE = 200_000
+#: How long a new directory's files wait for a recursive watcher to list it.
+FOLLOW_WAIT = 0.03
+
+
+@dataclass(slots=True)
+class _Item:
+    what: str  # create | mkdir | modify | delete
+    parent_ino: int
+    name: bytes
+    node: Node
+    path: bytes
+    seq: int
+
+
+class Notifier:
+    def __init__(self, mountpoint: str, self_pids: set[int], selfops: SelfOps,
+                 listed: dict[int, float] | None = None) -> None:
+        self.mountpoint = os.fsencode(mountpoint)
+        self.self_pids = self_pids
+        self.selfops = selfops
+        self.listed = listed if listed is not None else {}
+        self._q: deque[_Item] = deque()
+        self._cv = threading.Condition()
+        self._stop = False
+        self._seq = 0
+        self._pending_modify: set[int] = set()
+        self._thread = threading.Thread(target=self._run, name="hvfs-notifier", daemon=True)
+        self._ready = threading.Event()
+        self.stats = {"queued": 0, "done": 0, "failed": 0, "coalesced": 0, "max_queue": 0}
+        self.lag_ms: deque[float] = deque(maxlen=1000)
+
+    # -- lifecycle (trio thread) -----------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+        self._ready.wait(5)
+
+    def stop(self) -> None:
+        with self._cv:
+            self._stop = True
+            self._cv.notify()
+        self._thread.join(10)
+
+    # -- queueing (trio thread) ---------------------------------------------------
+
+    def enqueue(self, parent: Node, name: bytes, node: Node, what: str) -> None:
+        parent_ino, ino = parent.ino, node.ino
+        if what == "modify":
+            if ino in self._pending_modify:
+                self.stats["coalesced"] += 1
+                return
+            self._pending_modify.add(ino)
+        self._seq += 1
+        if what == "delete":
+            self.selfops.gone[(parent_ino, name)] = (node, self._seq)
+        item = _Item(what, parent_ino, name, node, parent.path().rstrip(b"/") + b"/" + name, self._seq)
+        with self._cv:
+            self._q.append(item)
+            self.stats["queued"] += 1
+            self.stats["max_queue"] = max(self.stats["max_queue"], len(self._q))
+            self._cv.notify()
+
+    def queue_length(self) -> int:
+        return len(self._q)
+
+    # -- the thread ---------------------------------------------------------------
+
+    def _run(self) -> None:
+        self.self_pids.add(threading.get_native_id())
+        self._ready.set()
+        while True:
+            with self._cv:
+                while not self._q and not self._stop:
+                    self._cv.wait()
+                if self._stop:
+                    return
+                item = self._q.popleft()
+            t0 = time.monotonic()
+            self.selfops.current = (item.parent_ino, item.name, item.node, item.what)
+            try:
+                self._apply(item)
+                self.stats["done"] += 1
+            except OSError as e:
+                # The entry moved on meanwhile (deleted again, re-created): nothing to announce.
+                self.stats["failed"] += 1
+                quiet = e.errno in (errno.ENOENT, errno.EEXIST, errno.ENOTDIR, errno.ENOTEMPTY, errno.EISDIR)
+                log.log(logging.DEBUG if quiet else logging.INFO, "notifier %s %r: %s", item.what, item.path, e)
+            except Exception:
+                self.stats["failed"] += 1
+                log.exception("notifier %s %r", item.what, item.path)
+            finally:
+                self.selfops.current = None
+                key = (item.parent_ino, item.name)
+                g = self.selfops.gone.get(key)
+                if g is not None and g[1] == item.seq:
+                    self.selfops.gone.pop(key, None)
+                self.lag_ms.append((time.monotonic() - t0) * 1000)
+
+    def _apply(self, item: _Item) -> None:
+        full = self.mountpoint + item.path
+        if item.what in ("create", "mkdir"):
+            _quiet(pyfuse3.invalidate_entry, item.parent_ino, item.name)
+            if item.what == "mkdir":
+                os.mkdir(full)
+                self._let_watchers_follow(item)
+            else:
+                os.close(os.open(full, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+        elif item.what == "modify":
+            self._pending_modify.discard(item.node.ino)
+            fd = os.open(full, os.O_WRONLY)
+            try:
+                os.ftruncate(fd, os.fstat(fd).st_size)
+            finally:
+                os.close(fd)
+        elif item.what == "delete":
+            if item.node.kind is Kind.DIR:
+                os.rmdir(full)
+            else:
+                os.unlink(full)
+
+
+    def _let_watchers_follow(self, item: _Item) -> None:
+        """Give ``inotifywait -r`` time to watch a new directory before its files appear.
+
+        A recursive watcher adds its watch, then lists the new directory; that
+        opendir is what we wait for, briefly, and only where someone has
+        listed the parent before and the queue is short.
+        """
+        parent_listed = item.parent_ino in self.listed
+        if not parent_listed or len(self._q) > 100:
+            return
+        since = time.monotonic()
+        deadline = since + FOLLOW_WAIT
+        while time.monotonic() < deadline:
+            if self.listed.get(item.node.ino, 0.0) >= since - 0.001:
+                return
+            time.sleep(0.0005)
+
+
+def _quiet(fn: object, *args: object) -> None:
+    try:
+        fn(*args)  # type: ignore[operator]
+    except OSError:
+        pass

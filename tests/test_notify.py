@@ -1,0 +1,122 @@
+"""Changes made elsewhere reach the kernel: listings, stat, cat and inotify."""
+
+import json
+import os
+
+import pytest
+
+from .helpers import Inotify, wait_for
+
+
+@pytest.fixture
+def watch(mnt, bucket):
+    d = mnt.path("kv", bucket)
+    assert d.is_dir()
+    w = Inotify(d)
+    yield d, w
+    w.stop()
+
+
+def test_remote_create_modify_delete_events(raw, bucket, watch):
+    d, w = watch
+    raw.put(bucket, "job1", b"one")
+    w.wait("CREATE", d / "job1")
+    assert (d / "job1").read_bytes() == b"one"
+    raw.put(bucket, "job1", b"two!")
+    w.wait("MODIFY", d / "job1")
+    w.wait("CLOSE_WRITE", d / "job1")
+    assert (d / "job1").read_bytes() == b"two!"
+    assert os.stat(d / "job1").st_size == 4
+    raw.delete(bucket, "job1")
+    w.wait("DELETE", d / "job1")
+    assert "job1" not in os.listdir(d)
+    assert not (d / "job1").exists()
+
+
+def test_remote_create_in_new_subdirectory(raw, bucket, watch):
+    d, w = watch
+    raw.put(bucket, "is-42.owner", b"ag-7")
+    w.wait("CREATE,ISDIR", d / "is-42")
+    w.wait("CREATE", d / "is-42" / "owner")
+    names = [e[1] for e in w.events]
+    assert names.index(str(d / "is-42")) < names.index(str(d / "is-42" / "owner"))
+    raw.purge(bucket, "is-42.owner")
+    w.wait("DELETE", d / "is-42" / "owner")
+    w.wait("DELETE,ISDIR", d / "is-42")
+    assert os.listdir(d) == []
+
+
+def test_local_writes_have_no_echo(raw, bucket, watch):
+    d, w = watch
+    (d / "mine").write_bytes(b"local")
+    w.wait("CLOSE_WRITE", d / "mine")
+    # A later remote change is a barrier: the watch delivers in order, so an
+    # echo of the local write would have arrived before this event.
+    raw.put(bucket, "barrier", b"x")
+    w.wait("CREATE", d / "barrier")
+    ev = w.of(d / "mine")
+    assert ev.count("CREATE") == 1, ev
+    assert ev.count("MODIFY") == 1, ev
+    assert ev.count("CLOSE_WRITE,CLOSE") == 1, ev
+
+
+def test_other_mount_changes_are_seen(mnt, mnt2, bucket):
+    a = mnt.path("kv", bucket)
+    b = mnt2.path("kv", bucket)
+    assert a.is_dir() and b.is_dir()
+    w = Inotify(b)
+    try:
+        (a / "note").write_bytes(b"from mount 1")
+        w.wait("CREATE", b / "note")
+        assert (b / "note").read_bytes() == b"from mount 1"
+        os.unlink(a / "note")
+        w.wait("DELETE", b / "note")
+    finally:
+        w.stop()
+
+
+def test_listing_is_fresh_without_waiting_for_cache(raw, mnt, bucket):
+    d = mnt.path("kv", bucket)
+    raw.put(bucket, "k", b"v1")
+    wait_for(lambda: "k" in os.listdir(d), what="listed")
+    st1 = os.stat(d / "k")
+    raw.put(bucket, "k", b"version 2")
+    # open() always reads the acknowledged value, whatever the caches hold
+    assert (d / "k").read_bytes() == b"version 2"
+    assert os.stat(d / "k").st_size == len(b"version 2")
+    assert os.stat(d / "k").st_ino == st1.st_ino
+    raw.delete(bucket, "k")
+    wait_for(lambda: "k" not in os.listdir(d), what="gone from listing")
+    with pytest.raises(FileNotFoundError):
+        (d / "k").read_bytes()
+
+
+def test_events_file(raw, mnt, bucket):
+    assert mnt.path("kv", bucket).is_dir()
+    ev = mnt.path(".hvfs", "events")
+    start = os.stat(ev).st_size
+    raw.put(bucket, "e1", b"hello")
+    raw.delete(bucket, "e1")
+
+    def lines():
+        with open(ev, "rb") as f:
+            f.seek(start)
+            return [json.loads(x) for x in f.read().splitlines() if x]
+
+    got = wait_for(lambda: [x for x in lines() if x["bucket"] == bucket and x["key"] == "e1"] if
+                   len([x for x in lines() if x["bucket"] == bucket]) >= 2 else None, what="two events")
+    assert [x["op"] for x in got] == ["PUT", "DEL"]
+    assert got[0]["size"] == 5 and got[0]["revision"] < got[1]["revision"]
+
+
+def test_new_bucket_appears(raw, mnt):
+    kv = mnt.path("kv")
+    w = Inotify(kv)
+    try:
+        name = f"nb{os.getpid()}"
+        raw.create_bucket(name)
+        assert (kv / name).is_dir()  # a lookup finds it at once
+        raw.put(name, "x", b"1")
+        wait_for(lambda: (kv / name / "x").exists(), what="key in new bucket")
+    finally:
+        w.stop()
