@@ -66,6 +66,8 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--read-only", action="store_true", help="refuse every write with EROFS")
     m.add_argument("--allow-other", action="store_true", default=None,
                    help="let other users see the mount (default: on when run as root)")
+    m.add_argument("--no-notify", action="store_true",
+                   help="no kernel notifier: no inotify events for remote changes, no kernel caching")
     m.add_argument("--daemon", action="store_true", help="run in the background once mounted")
     m.add_argument("--log-file", help="log here (default: stderr; with --daemon: STORE/../hvfs.log)")
     m.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
@@ -114,6 +116,7 @@ def _mount(a: argparse.Namespace) -> int:
     opts = MountOptions(
         mountpoint=os.path.abspath(a.mountpoint), connect=connect, config=config,
         store_dir=a.store or default_store_dir(), read_only=a.read_only, allow_other=allow_other,
+        notify=not a.no_notify,
     )
 
     def ready() -> None:

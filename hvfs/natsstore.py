@@ -49,6 +49,7 @@ _KV_OP = "KV-Operation"
 _MARKER = "Nats-Marker-Reason"
 _ERR_WRONG_LAST = (10071, 10164)
 _ERR_TOO_BIG = (10054,)
+_CHUNK = 256
 _PERM_RE = re.compile(r'permissions violation for (?:publish|subscription) to "?([^"\s]+)', re.I)
 
 
@@ -438,9 +439,16 @@ class _KvWatch:
             self.token.run_sync_soon(self._deliver)
 
     def _deliver(self) -> None:  # trio thread
+        # At most one chunk per call: FUSE requests run between chunks, so a
+        # storm of changes delays them by one chunk's work, not the storm's.
         with self._lock:
-            items, self._buf = self._buf, []
-            self._scheduled = False
+            items, self._buf = self._buf[:_CHUNK], self._buf[_CHUNK:]
+            more = bool(self._buf)
+            if not more:
+                self._scheduled = False
+        if more:
+            with contextlib.suppress(trio.RunFinishedError):
+                self.token.run_sync_soon(self._deliver)
         self.sink(items)  # type: ignore[arg-type]
 
     async def start(self) -> None:

@@ -82,9 +82,12 @@ class Notifier:
     def enqueue(self, parent: Node, name: bytes, node: Node, what: str) -> None:
         parent_ino, ino = parent.ino, node.ino
         if what == "modify":
+            # A create or modify of this inode still queued announces this change too.
             if ino in self._pending_modify:
                 self.stats["coalesced"] += 1
                 return
+            self._pending_modify.add(ino)
+        elif what == "create":
             self._pending_modify.add(ino)
         self._seq += 1
         if what == "delete":
@@ -135,6 +138,8 @@ class Notifier:
     def _apply(self, item: _Item) -> None:
         full = self.mountpoint + item.path
         if item.what in ("create", "mkdir"):
+            if item.what == "create":
+                self._pending_modify.discard(item.node.ino)
             _quiet(pyfuse3.invalidate_entry, item.parent_ino, item.name)
             if item.what == "mkdir":
                 os.mkdir(full)

@@ -120,3 +120,18 @@ def test_new_bucket_appears(raw, mnt):
         wait_for(lambda: (kv / name / "x").exists(), what="key in new bucket")
     finally:
         w.stop()
+
+
+def test_ttl_expiry_is_a_delete(raw, mnt):
+    name = f"ttl{os.getpid()}"
+    raw.create_bucket(name, limit_marker_ttl=1, history=1)
+    d = mnt.path("kv", name)
+    assert d.is_dir()
+    w = Inotify(d)
+    try:
+        raw.run(raw.kv(name).create("presence", b"ag-7", msg_ttl=1))
+        w.wait("CREATE", d / "presence")
+        w.wait("DELETE", d / "presence", timeout=6)
+        assert "presence" not in os.listdir(d)
+    finally:
+        w.stop()

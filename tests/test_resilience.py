@@ -121,3 +121,48 @@ def test_read_only(server, raw, bucket, tmp_path):
             assert e.value.errno == errno.EROFS
     finally:
         m.stop()
+
+
+def test_changes_while_disconnected_reach_the_kernel(own_server, outage_mount):
+    from .helpers import Inotify
+
+    m = outage_mount
+    raw = RawNats(own_server.url)
+    try:
+        raw.create_bucket("rs")
+        raw.put("rs", "keep", b"1")
+        raw.put("rs", "change", b"old")
+        raw.put("rs", "drop", b"x")
+        d = m.path("kv", "rs")
+        wait_for(lambda: sorted(os.listdir(d)) == ["change", "drop", "keep"], what="initial keys")
+    finally:
+        raw.close()
+    w = Inotify(d)
+    try:
+        port = own_server.port
+        own_server.stop()
+        wait_for(lambda: b'"connected": false' in m.path(".hvfs", "status").read_bytes(), what="disconnect")
+        # The same store served elsewhere: changes the mount cannot see now.
+        other = EmbeddedServer(own_server.store_dir)
+        other.start()
+        raw = RawNats(other.url)
+        try:
+            raw.put("rs", "change", b"new value")
+            raw.put("rs", "born", b"b")
+            raw.delete("rs", "drop")
+        finally:
+            raw.close()
+            other.stop()
+        again = EmbeddedServer(own_server.store_dir, port=port)
+        again.start()
+        try:
+            w.wait("CREATE", d / "born", timeout=15)
+            w.wait("DELETE", d / "drop", timeout=5)
+            w.wait("MODIFY", d / "change", timeout=5)
+            assert sorted(os.listdir(d)) == ["born", "change", "keep"]
+            assert (d / "change").read_bytes() == b"new value"
+            assert w.of(d / "keep") == []
+        finally:
+            again.stop()
+    finally:
+        w.stop()
