@@ -43,6 +43,7 @@ from .errors import (
     errno_of,
 )
 from .store import RESYNC, SYNCED, KvChange, Op, Store
+from .streamops import StreamOps
 from .tree import Kind, KvView, Node, SelfOps, Tree
 
 __all__ = ["Core", "Handle"]
@@ -71,10 +72,12 @@ class Handle:
     direct_io: bool = False
     keep_cache: bool = False
     refused: bool = False  # a write was refused (EFBIG): later writes are refused too
+    log: Any = None  # .log reading state
+    msg_id: str = ""  # Nats-Msg-Id of a new stream message
     errors: list[str] = field(default_factory=list)
 
 
-class Core:
+class Core(StreamOps):
     def __init__(self, store: Store, config: MountConfig | None = None, read_only: bool = False,
                  max_payload: int = DEFAULT_MAX_PAYLOAD) -> None:
         self.store = store
@@ -103,6 +106,8 @@ class Core:
         self.events = EventLog()
         self.on_change: list[Callable[[KvChange], None]] = []
         self.kv_dir: Node | None = self.tree.mkdirs("kv") if self.config.raw else None
+        self.streams_dir: Node | None = self.tree.mkdirs("streams") if self.config.raw else None
+        self._init_streams()
         self.ctl = self.tree.mkdirs(".hvfs")
         self.conflicts_dir = self.tree.mkdirs(".hvfs/conflicts")
         self._ctl_file(self.ctl, b"status", self.render_status)
@@ -131,6 +136,7 @@ class Core:
             await self._add_view(KvView(self.tree, root, b.kv, b.prefix))
         if self.kv_dir is not None:
             await self.refresh_buckets(force=True)
+        await self.refresh_streams()
 
     async def _add_view(self, view: KvView) -> None:
         self.views.setdefault(view.bucket, []).append(view)
@@ -177,6 +183,7 @@ class Core:
             await trio.sleep(interval)
             try:
                 await self.refresh_buckets(force=True)
+                await self.refresh_streams()
             except HvfsError as e:
                 log.debug("bucket poll: %s", e.reason)
 
@@ -211,12 +218,13 @@ class Core:
             self.tree.notify(parent, root.name, root, "delete")
 
     async def close(self) -> None:
-        for w in list(self._watches.values()):
+        for w in [*self._watches.values(), *self._stream_watches.values()]:
             try:
                 await w.stop()
             except HvfsError:
                 pass
         self._watches.clear()
+        self._stream_watches.clear()
 
     # -- watch (trio thread) -----------------------------------------------------
 
@@ -266,9 +274,17 @@ class Core:
             return parent
         if name == b"..":
             return parent.parent or parent
+        if parent.stream is not None:
+            logn = self.stream_lookup(parent, name)
+            if logn is not None:
+                return logn
+            await self._wait_stream(parent.stream)
         child = parent.children.get(name)
         if child is None and parent is self.kv_dir:
             await self._discover_bucket(name)
+            child = parent.children.get(name)
+        if child is None and parent is self.streams_dir:
+            await self._discover_stream(name)
             child = parent.children.get(name)
         if child is None and parent.view is not None:
             await self._wait_synced(parent.view)
@@ -325,6 +341,13 @@ class Core:
                 log.warning("bucket list: %s", e.reason)
         if d.view is not None:
             await self._wait_synced(d.view)
+        if d.stream is not None:
+            await self._wait_stream(d.stream)
+        if d is self.streams_dir:
+            try:
+                await self.refresh_streams()
+            except HvfsError as e:
+                log.warning("stream list: %s", e.reason)
         if d is self.conflicts_dir:
             self._sync_conflict_files()
         assert d.children is not None
@@ -349,6 +372,8 @@ class Core:
             return len(node.render())
         if node.kind is Kind.REV:
             return len(node.data or b"")
+        if node.kind is Kind.LOG:
+            return self.log_size(node)
         w = self.writers.get(node.ino)
         if w is not None and w.dirty:
             return len(w.data)
@@ -388,6 +413,10 @@ class Core:
         if pid in self.self_pids:
             # The notifier's own open: it only makes the kernel emit events.
             return self._new_fh(Handle(0, node, writable, b"", node.revision, pid=pid))
+        if node.kind in (Kind.MSG, Kind.LOG):
+            return await self.stream_open(node, writable, self._new_fh)
+        if node.kind is Kind.PUB:
+            raise Busy("this message is still being written")
         view = node.view
         assert view is not None
         if node.kind is Kind.REV:
@@ -422,9 +451,11 @@ class Core:
         except NotFound:
             return 0
 
-    def read(self, fh: int, off: int, size: int) -> bytes:
+    async def read(self, fh: int, off: int, size: int) -> bytes:
         h = self.handle(fh)
         self.counters["reads"] += 1
+        if h.log is not None:
+            return await self.log_read(h, off, size)
         if h.node is self.events_node:
             return self.events.read(off, size)
         return bytes(h.data[off:off + size])
@@ -444,15 +475,10 @@ class Core:
             return len(buf)
         if h.refused:
             raise TooLarge("an earlier write on this handle was refused; the old value stays")
-        assert isinstance(h.data, bytearray) and h.node.view is not None
         end = off + len(buf)
+        assert isinstance(h.data, bytearray)
         if end > len(h.data):
-            limit = await self.max_value_size(h.node.view)
-            if end > limit:
-                h.dirty = h.wrote = False  # the old value stays whole: nothing of this handle lands
-                h.refused = True
-                raise TooLarge(f"{h.node.view.bucket}/{h.node.key}: {end} bytes is over the "
-                               f"bucket's max value size of {limit} bytes")
+            await self._check_size(h, end)
             h.data.extend(bytes(end - len(h.data)))  # zero-fill any gap
         h.data[off:end] = buf
         h.dirty = h.wrote = True
@@ -460,18 +486,26 @@ class Core:
         self.writers[h.node.ino] = h
         return len(buf)
 
+    async def _check_size(self, h: Handle, size: int) -> None:
+        """EFBIG before a value grows past what its bucket or stream takes; nothing of it lands."""
+        if h.node.kind is Kind.PUB:
+            limit, what = self.stream_limit(h.node), "stream's max message size"
+        else:
+            assert h.node.view is not None
+            limit, what = await self.max_value_size(h.node.view), "bucket's max value size"
+        if size > limit:
+            h.dirty = h.wrote = False  # the old value stays whole
+            h.refused = True
+            raise TooLarge(f"{h.node.key}: {size} bytes is over the {what} of {limit} bytes")
+
     async def truncate_handle(self, h: Handle, size: int) -> None:
         if not h.writable:
             raise Invalid("file not open for writing")
         if h.pid in self.self_pids:
             return
-        assert isinstance(h.data, bytearray) and h.node.view is not None
+        assert isinstance(h.data, bytearray)
         if size > len(h.data):
-            limit = await self.max_value_size(h.node.view)
-            if size > limit:
-                h.dirty = h.wrote = False
-                h.refused = True
-                raise TooLarge(f"{size} bytes is over the bucket's max value size of {limit} bytes")
+            await self._check_size(h, size)
             h.data.extend(bytes(size - len(h.data)))
         else:
             del h.data[size:]
@@ -489,6 +523,8 @@ class Core:
         if not h.dirty or h.pid in self.self_pids or not (h.wrote or final):
             return
         node = h.node
+        if node.kind is Kind.PUB:
+            return await self.stream_flush(h, final)
         view = node.view
         assert view is not None and isinstance(h.data, bytearray)
         if node.kind is Kind.KV and not node.linked and node.local:
@@ -572,6 +608,14 @@ class Core:
         if pid in self.self_pids:
             node = self._announced(parent_ino, name, Kind.KV)
             return self._new_fh(Handle(0, node, True, b"", node.revision, pid=pid))
+        sparent = self.node(parent_ino)
+        if sparent.stream is not None:
+            assert sparent.children is not None
+            if name in sparent.children:
+                if flags & os.O_EXCL:
+                    raise Exists(f"{name!r} exists")
+                return await self.open(sparent.children[name].ino, flags)
+            return await self.stream_create(sparent, name, self._new_fh)
         parent, view = self._kv_parent(parent_ino)
         assert parent.children is not None
         m = _REV_RE.match(name)
@@ -605,6 +649,11 @@ class Core:
         if pid in self.self_pids:
             return self._announced(parent_ino, name, Kind.DIR)
         parent = self.node(parent_ino)
+        if parent.stream is not None:
+            assert parent.children is not None
+            if name in parent.children:
+                raise Exists(f"{name!r} exists")
+            return self.stream_mkdir(parent, name)
         if parent is self.kv_dir and not self.read_only:
             bucket = name.decode(errors="replace")
             if not re.fullmatch(r"[a-zA-Z0-9_-]+", bucket):
@@ -638,6 +687,12 @@ class Core:
             self.conflicts.remove(name.decode())
             self.tree.detach(node)
             return
+        if parent.stream is not None:
+            if node is None:
+                raise NotFound(f"{name!r}: no such file")
+            if node.kind is Kind.DIR:
+                raise IsADirectory(f"{name!r} is a directory")
+            return await self.stream_unlink(node)
         parent, view = self._kv_parent(parent_ino)
         if node is None:
             raise NotFound(f"{name!r}: no such file")
@@ -652,6 +707,16 @@ class Core:
 
     async def rmdir(self, parent_ino: int, name: bytes, pid: int = 0) -> None:
         if pid in self.self_pids:
+            return
+        sparent = self.node(parent_ino)
+        if sparent.stream is not None:
+            assert sparent.children is not None
+            d = sparent.children.get(name)
+            if d is None or d.kind is not Kind.DIR:
+                raise NotFound(f"{name!r}: no such directory")
+            if d.children:
+                raise NotEmpty(f"{name!r} is not empty")
+            self.tree.detach(d)
             return
         parent, view = self._kv_parent(parent_ino)
         assert parent.children is not None
@@ -668,6 +733,8 @@ class Core:
 
     async def rename(self, old_ino: int, old: bytes, new_ino: int, new: bytes, flags: int) -> None:
         """Put the value under the new key, then delete the old key: never loses data."""
+        if self.node(old_ino).stream is not None or self.node(new_ino).stream is not None:
+            raise NotPermitted("stream messages cannot be renamed")
         src_parent, src_view = self._kv_parent(old_ino)
         dst_parent, dst_view = self._kv_parent(new_ino)
         assert src_parent.children is not None and dst_parent.children is not None
@@ -728,7 +795,9 @@ class Core:
 
     # -- xattrs -------------------------------------------------------------------
 
-    def xattrs(self, node: Node) -> dict[bytes, bytes]:
+    async def xattrs(self, node: Node) -> dict[bytes, bytes]:
+        if node.stream is not None:
+            return await self.stream_xattrs(node)
         if node.view is None:
             return {}
         out = {b"user.hvfs.bucket": node.view.bucket.encode(), b"user.hvfs.key": node.key.encode()}
@@ -736,8 +805,8 @@ class Core:
             out[b"user.hvfs.revision"] = str(node.revision).encode()
         return out
 
-    def getxattr(self, ino: int, name: bytes) -> bytes:
-        attrs = self.xattrs(self.node(ino))
+    async def getxattr(self, ino: int, name: bytes) -> bytes:
+        attrs = await self.xattrs(self.node(ino))
         if name not in attrs:
             raise NoAttr(name.decode(errors="replace"))
         return attrs[name]
@@ -752,6 +821,8 @@ class Core:
             "read_only": self.read_only,
             "uptime_s": round(time.time() - self.started, 1),
             "buckets": sorted(self.views),
+            "streams": sorted(self.streams),
+            "messages": sum(len(s.msgs) for s in self.streams.values()),
             "keys": sum(len(v.keys) for vs in self.views.values() for v in vs),
             "inodes": len(self.tree.nodes),
             "open_handles": len(self.handles),

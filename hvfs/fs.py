@@ -91,7 +91,7 @@ class Operations(pyfuse3.Operations):
             a.st_nlink = 2
             a.st_size = 0
         else:
-            ro = self.core.read_only or node.kind is Kind.CTRL
+            ro = self.core.read_only or node.kind in (Kind.CTRL, Kind.MSG, Kind.LOG)
             a.st_mode = stat.S_IFREG | (0o444 if ro else 0o644)
             a.st_nlink = 1 if node.linked or node.kind is Kind.REV else 0
             a.st_size = self.core.size_of(node)
@@ -159,7 +159,7 @@ class Operations(pyfuse3.Operations):
 
     @_fuse
     async def read(self, fh: int, off: int, size: int) -> bytes:
-        return self.core.read(fh, off, size)
+        return await self.core.read(fh, off, size)
 
     @_fuse
     async def write(self, fh: int, off: int, buf: bytes) -> int:
@@ -216,12 +216,12 @@ class Operations(pyfuse3.Operations):
 
     @_fuse
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
-        return self.core.getxattr(inode, name)
+        return await self.core.getxattr(inode, name)
 
     @_fuse
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
-        have = self.core.xattrs(self.core.node(inode))
-        return [n for n in XATTRS if n in have]
+        have = await self.core.xattrs(self.core.node(inode))
+        return [n for n in XATTRS if n in have] + sorted(n for n in have if n not in XATTRS)
 
     async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext) -> None:
         raise pyfuse3.FUSEError(errno.ENOTSUP)

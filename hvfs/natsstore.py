@@ -32,12 +32,25 @@ from .errors import (
     HvfsError,
     Invalid,
     NotFound,
+    NotPermitted,
     PermissionDenied,
     Timeout,
     TooLarge,
     Unavailable,
 )
-from .store import RESYNC, SYNCED, BucketInfo, KvChange, KvEntry, Op, StoreState, WatchSink
+from .store import (
+    RESYNC,
+    SYNCED,
+    BucketInfo,
+    KvChange,
+    KvEntry,
+    MsgSeen,
+    Op,
+    StoreState,
+    StreamInfo,
+    StreamMsg,
+    WatchSink,
+)
 
 __all__ = ["NatsStore"]
 
@@ -389,6 +402,78 @@ class NatsStore:
 
         await self._call(f"delete {bucket}/{key}", run(), subject=subject)
 
+    # -- streams -----------------------------------------------------------
+
+    async def streams(self) -> list[StreamInfo]:
+        """Every stream that is not a KV or object-store bucket's own."""
+
+        async def run() -> list[StreamInfo]:
+            out: list[StreamInfo] = []
+            offset = 0
+            while True:
+                infos = await self._js.streams_info(offset=offset)
+                for si in infos:
+                    name = si.config.name or ""
+                    if not name.startswith(("KV_", "OBJ_")):
+                        out.append(_stream_info(si))
+                if len(infos) < 256:
+                    return out
+                offset += len(infos)
+
+        return await self._call("list streams", run(), subject="$JS.API.STREAM.LIST")
+
+    async def stream(self, name: str) -> StreamInfo:
+        async def run() -> StreamInfo:
+            try:
+                return _stream_info(await self._js.stream_info(name))
+            except nats.js.errors.NotFoundError:
+                raise NotFound(f"no stream {name!r}") from None
+
+        return await self._call(f"stream {name}", run(), subject=f"$JS.API.STREAM.INFO.{name}")
+
+    async def get_msg(self, stream: str, seq: int, direct: bool = False) -> StreamMsg:
+        async def run() -> StreamMsg:
+            try:
+                msg = await self._js.get_msg(stream, seq=seq, direct=direct)
+            except nats.js.errors.NotFoundError:
+                raise NotFound(f"{stream}: no message {seq}") from None
+            if msg.seq is not None and int(msg.seq) != seq:
+                raise NotFound(f"{stream}: no message {seq}")
+            return StreamMsg(stream, msg.subject or "", seq, msg.data or b"",
+                             {k: str(v) for k, v in (msg.headers or {}).items()}, _ts(msg.time))
+
+        return await self._call(f"get {stream}#{seq}", run(), subject="$JS.API.")
+
+    async def publish(self, subject: str, data: bytes, stream: str, msg_id: str) -> int:
+        """Append one message; ``msg_id`` makes a retried publish a no-op."""
+
+        async def run() -> int:
+            ack = await self._js.publish(subject, data, stream=stream, headers={"Nats-Msg-Id": msg_id})
+            return int(ack.seq)
+
+        return await self._call(f"publish {subject}", run(), subject=subject)
+
+    async def delete_msg(self, stream: str, seq: int) -> None:
+        async def run() -> None:
+            try:
+                await self._js.delete_msg(stream, seq)
+            except nats.js.errors.NotFoundError:
+                raise NotFound(f"{stream}: no message {seq}") from None
+            except nats.js.errors.APIError as e:
+                if e.code == 400 or "delete" in (e.description or "").lower():
+                    raise NotPermitted(f"{stream}: {e.description or 'message delete refused'}") from None
+                raise
+
+        await self._call(f"delete {stream}#{seq}", run(), subject=f"$JS.API.STREAM.MSG.DELETE.{stream}")
+
+    async def stream_watch(self, stream: str, sink: WatchSink) -> _StreamWatch:
+        assert self._token is not None
+        w = _StreamWatch(self, stream, sink, self._token)
+        await self._call(f"watch stream {stream}", w.start(), bound=max(self.timeout, 10.0),
+                         subject=f"$JS.API.CONSUMER.CREATE.{stream}")
+        self._watches.add(w)  # type: ignore[arg-type]
+        return w
+
     # -- watch -------------------------------------------------------------
 
     async def watch(self, bucket: str, sink: WatchSink) -> _KvWatch:
@@ -500,6 +585,53 @@ class _KvWatch:
         if sub is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(sub.unsubscribe(), self.store.timeout)
+
+
+def _stream_info(si: Any) -> StreamInfo:
+    c, st = si.config, si.state
+    mms = c.max_msg_size
+    return StreamInfo(name=c.name, subjects=tuple(c.subjects or ()),
+                      max_msg_size=mms if mms and mms > 0 else -1, deny_delete=bool(c.deny_delete),
+                      first_seq=int(st.first_seq or 0), last_seq=int(st.last_seq or 0),
+                      direct=bool(c.allow_direct))
+
+
+class _StreamWatch(_KvWatch):
+    """Every message of a stream (headers only), then live appends."""
+
+    def __init__(self, store: NatsStore, stream: str, sink: WatchSink, token: trio.lowlevel.TrioToken) -> None:
+        super().__init__(store, stream, sink, token)
+        self.pre = ""
+
+    async def start(self) -> None:
+        self._gen += 1
+        gen = self._gen
+        self._synced = False
+        self._emit(RESYNC)
+
+        async def on_msg(msg: Any) -> None:
+            if gen != self._gen:
+                return
+            meta = msg.metadata
+            hdrs = msg.headers
+            size = len(msg.data or b"")
+            if hdrs and "Nats-Msg-Size" in hdrs:
+                size = int(hdrs["Nats-Msg-Size"])
+            self._emit(MsgSeen(self.bucket, msg.subject, int(meta.sequence.stream), size,  # type: ignore[arg-type]
+                               _ts(meta.timestamp)))
+            if not self._synced and meta.num_pending == 0:
+                self._synced = True
+                self._emit(SYNCED)
+
+        self.sub = await self.store._js.subscribe(
+            ">", stream=self.bucket, cb=on_msg, ordered_consumer=True,
+            deliver_policy=api.DeliverPolicy.ALL, headers_only=True,
+            inactive_threshold=300.0, pending_msgs_limit=-1,
+        )
+        info = await self.sub.consumer_info()
+        if info.num_pending == 0 and self.sub.delivered == 0 and not self._synced:
+            self._synced = True
+            self._emit(SYNCED)
 
 
 def _map_error(e: BaseException, what: str) -> HvfsError:

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-__all__ = ["RESYNC", "SYNCED", "BucketInfo", "KvChange", "KvEntry", "Op", "Store", "StoreState", "Watch"]
+__all__ = ["RESYNC", "SYNCED", "MsgSeen", "StreamInfo", "StreamMsg", "BucketInfo", "KvChange", "KvEntry", "Op", "Store", "StoreState", "Watch"]
 
 
 #: Watch sink markers: a watch (re)starts its snapshot / the snapshot is complete.
@@ -30,6 +30,40 @@ class BucketInfo:
     name: str
     max_value_size: int  # -1: no limit beyond the connection's max payload
     history: int
+
+
+@dataclass(frozen=True, slots=True)
+class StreamInfo:
+    name: str
+    subjects: tuple[str, ...]
+    max_msg_size: int  # -1: no limit beyond the connection's max payload
+    deny_delete: bool
+    first_seq: int
+    last_seq: int
+    direct: bool
+
+
+@dataclass(frozen=True, slots=True)
+class StreamMsg:
+    """One stream message with its payload and headers."""
+
+    stream: str
+    subject: str
+    seq: int
+    data: bytes
+    headers: dict[str, str]
+    time: float
+
+
+@dataclass(frozen=True, slots=True)
+class MsgSeen:
+    """What a stream watch reports: one message, without its payload."""
+
+    stream: str
+    subject: str
+    seq: int
+    size: int
+    time: float
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,6 +16,7 @@ import enum
 import logging
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from .errors import InvalidName, NameTooLong, NotADirectory
 from .names import VALUE_NAME, decode_token, encode_name
@@ -34,6 +35,9 @@ class Kind(enum.Enum):
     KV = "kv"  # one key's current value
     REV = "rev"  # FILE@REV: one historical revision, not listed
     CTRL = "ctrl"  # a file under .hvfs/
+    MSG = "msg"  # one stream message (immutable)
+    LOG = "log"  # a subject directory's .log, not listed
+    PUB = "pub"  # a new file in a subject directory: published at close
 
 
 class Node:
@@ -42,6 +46,7 @@ class Node:
     __slots__ = (
         "ino", "kind", "name", "parent", "children", "view", "key", "revision",
         "size", "mtime", "ctime", "nlookup", "local", "linked", "render", "data", "cached",
+        "stream",
     )
 
     def __init__(self, ino: int, kind: Kind, name: bytes, parent: Node | None) -> None:
@@ -63,6 +68,7 @@ class Node:
         self.render: Callable[[], bytes] | None = None  # CTRL content
         self.data: bytes | None = None  # REV content, CTRL snapshot
         self.cached = 0  # the revision whose content the kernel's page cache may hold
+        self.stream: Any = None  # hvfs.streams.StreamView for nodes of a stream
 
     def __repr__(self) -> str:
         return f"<Node {self.ino} {self.kind.value} {self.name!r} key={self.key!r} rev={self.revision}>"

@@ -178,3 +178,13 @@ class Inotify:
             self.proc.wait(5)
         except subprocess.TimeoutExpired:
             self.proc.kill()
+
+
+def add_stream(raw: RawNats, name: str, subjects: list[str], **kw: Any) -> Any:
+    from nats.js.api import StreamConfig
+
+    return raw.run(raw.js.add_stream(StreamConfig(name=name, subjects=subjects, **kw)))
+
+
+def publish(raw: RawNats, subject: str, data: bytes, headers: dict[str, str] | None = None) -> int:
+    return int(raw.run(raw.js.publish(subject, data, headers=headers)).seq)
