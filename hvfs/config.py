@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .errors import Invalid
 
-__all__ = ["Binding", "ConnectOptions", "MountConfig", "load_config", "load_context"]
+__all__ = ["Binding", "ConnectOptions", "MountConfig", "QueueBinding", "load_config", "load_context"]
 
 _BUCKET_RE = re.compile(r"^[a-zA-Z0-9_-]+$")
 _PREFIX_RE = re.compile(r"^[-/_=a-zA-Z0-9]+(\.[-/_=a-zA-Z0-9]+)*$")
@@ -74,12 +74,36 @@ class Binding(BaseModel):
         return v
 
 
+class QueueBinding(BaseModel):
+    """A mount path bound to a durable pull consumer: its files are deliveries not yet acked."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: str
+    stream: str
+    durable: str
+    filter_subject: str | None = None
+    create: bool = Field(True, description="create the durable consumer if it does not exist")
+    ack_wait: float = Field(30.0, gt=0.5, description="ack wait of a consumer hvfs creates, seconds")
+    max_held: int = Field(4, ge=1, le=1000, description="deliveries this mount holds at once")
+
+    _path = field_validator("path")(Binding._path.__func__)  # type: ignore[attr-defined]
+
+    @field_validator("stream", "durable")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not _BUCKET_RE.match(v):
+            raise ValueError(f"bad stream or consumer name {v!r}")
+        return v
+
+
 class MountConfig(BaseModel):
     """The mount config file. With no bindings the mount shows the raw view."""
 
     model_config = ConfigDict(extra="forbid")
 
     bindings: list[Binding] = Field(default_factory=list)
+    queues: list[QueueBinding] = Field(default_factory=list)
     raw: bool = Field(True, description="also show kv/<bucket>/ for every bucket")
 
 

@@ -42,6 +42,7 @@ from .errors import (
     TooLarge,
     errno_of,
 )
+from .queues import QueueView
 from .store import RESYNC, SYNCED, KvChange, Op, Store
 from .streamops import StreamOps
 from .tree import Kind, KvView, Node, SelfOps, Tree
@@ -108,6 +109,7 @@ class Core(StreamOps):
         self.kv_dir: Node | None = self.tree.mkdirs("kv") if self.config.raw else None
         self.streams_dir: Node | None = self.tree.mkdirs("streams") if self.config.raw else None
         self._init_streams()
+        self.queues: list[QueueView] = []
         self.ctl = self.tree.mkdirs(".hvfs")
         self.conflicts_dir = self.tree.mkdirs(".hvfs/conflicts")
         self._ctl_file(self.ctl, b"status", self.render_status)
@@ -134,6 +136,12 @@ class Core(StreamOps):
                 await self.store.create_bucket(b.kv)  # type: ignore[attr-defined]
             root = self.tree.mkdirs(b.path)
             await self._add_view(KvView(self.tree, root, b.kv, b.prefix))
+        for qb in self.config.queues:
+            qv = QueueView(self.tree, self.tree.mkdirs(qb.path), qb)
+            self.queues.append(qv)
+            qv.consumer = await self.store.queue(  # type: ignore[attr-defined]
+                qb.stream, qb.durable, qv.apply, create=qb.create, filter_subject=qb.filter_subject,
+                ack_wait=qb.ack_wait, max_held=qb.max_held)
         if self.kv_dir is not None:
             await self.refresh_buckets(force=True)
         await self.refresh_streams()
@@ -415,6 +423,10 @@ class Core(StreamOps):
             return self._new_fh(Handle(0, node, writable, b"", node.revision, pid=pid))
         if node.kind in (Kind.MSG, Kind.LOG):
             return await self.stream_open(node, writable, self._new_fh)
+        if node.kind is Kind.QMSG:
+            if writable:
+                raise NotPermitted("queue deliveries are read-only; rm acks one")
+            return self._new_fh(Handle(0, node, False, node.data or b"", node.revision))
         if node.kind is Kind.PUB:
             raise Busy("this message is still being written")
         view = node.view
@@ -687,6 +699,10 @@ class Core(StreamOps):
             self.conflicts.remove(name.decode())
             self.tree.detach(node)
             return
+        if parent.queue is not None:
+            if node is None:
+                raise NotFound(f"{name!r}: no such file")
+            return await parent.queue.ack(self.store, node, self.read_only)
         if parent.stream is not None:
             if node is None:
                 raise NotFound(f"{name!r}: no such file")
@@ -798,6 +814,8 @@ class Core(StreamOps):
     async def xattrs(self, node: Node) -> dict[bytes, bytes]:
         if node.stream is not None:
             return await self.stream_xattrs(node)
+        if node.queue is not None:
+            return node.queue.xattrs(node)
         if node.view is None:
             return {}
         out = {b"user.hvfs.bucket": node.view.bucket.encode(), b"user.hvfs.key": node.key.encode()}
@@ -823,6 +841,8 @@ class Core(StreamOps):
             "buckets": sorted(self.views),
             "streams": sorted(self.streams),
             "messages": sum(len(s.msgs) for s in self.streams.values()),
+            "queues": {q.binding.path: {"held": len(q.held), "acked": q.acked, "released": q.released}
+                       for q in self.queues},
             "keys": sum(len(v.keys) for vs in self.views.values() for v in vs),
             "inodes": len(self.tree.nodes),
             "open_handles": len(self.handles),

@@ -46,6 +46,8 @@ from .store import (
     KvEntry,
     MsgSeen,
     Op,
+    QueueGone,
+    QueueMsg,
     StoreState,
     StreamInfo,
     StreamMsg,
@@ -101,6 +103,7 @@ class NatsStore:
         self._direct: dict[str, bool] = {}
         self._info: dict[str, BucketInfo] = {}
         self._watches: set[_KvWatch] = set()
+        self._queues: set[_Queue] = set()
         self._inflight: dict[asyncio.Task[Any], str] = {}
 
     # -- lifecycle -------------------------------------------------------
@@ -171,6 +174,9 @@ class NatsStore:
         self.state.connected = False
 
     async def _close(self) -> None:
+        for q in list(self._queues):
+            with contextlib.suppress(Exception):
+                await q.stop()
         for w in list(self._watches):
             with contextlib.suppress(Exception):
                 await w._stop()
@@ -474,6 +480,35 @@ class NatsStore:
         self._watches.add(w)  # type: ignore[arg-type]
         return w
 
+    # -- work queues (durable pull consumers) -------------------------------------
+
+    async def queue(self, stream: str, durable: str, sink: WatchSink, *, create: bool = True,
+                    filter_subject: str | None = None, ack_wait: float = 30.0,
+                    max_held: int = 4) -> _Queue:
+        """Hold up to ``max_held`` deliveries of a durable consumer for this mount."""
+        assert self._token is not None
+        q = _Queue(self, stream, durable, sink, self._token, max_held)
+
+        async def run() -> None:
+            try:
+                ci = await self._js.consumer_info(stream, durable)
+            except nats.js.errors.NotFoundError:
+                if not create:
+                    raise NotFound(f"no consumer {durable!r} on stream {stream!r}") from None
+                cfg = api.ConsumerConfig(durable_name=durable, ack_policy=api.AckPolicy.EXPLICIT,
+                                         ack_wait=ack_wait, filter_subject=filter_subject,
+                                         max_ack_pending=-1)
+                ci = await self._js.add_consumer(stream, cfg)
+            q.ack_wait = float(ci.config.ack_wait or ack_wait)
+            await q.start()
+
+        await self._call(f"queue {stream}/{durable}", run(), subject=f"$JS.API.CONSUMER.INFO.{stream}")
+        self._queues.add(q)
+        return q
+
+    async def ack(self, q: _Queue, seq: int) -> None:
+        await self._call(f"ack {q.stream}#{seq}", q.ack(seq), subject="$JS.ACK.")
+
     # -- watch -------------------------------------------------------------
 
     async def watch(self, bucket: str, sink: WatchSink) -> _KvWatch:
@@ -585,6 +620,92 @@ class _KvWatch:
         if sub is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(sub.unsubscribe(), self.store.timeout)
+
+
+class _Queue:
+    """Fetches deliveries of one durable pull consumer; lets go before the ack wait ends.
+
+    A delivery this mount holds is a file; the mount drops it ``margin`` before
+    the server's ack wait runs out, so two mounts sharing the consumer never
+    hold one message at the same time.
+    """
+
+    def __init__(self, store: NatsStore, stream: str, durable: str, sink: WatchSink,
+                 token: trio.lowlevel.TrioToken, max_held: int) -> None:
+        self.store = store
+        self.stream = stream
+        self.durable = durable
+        self.max_held = max(1, max_held)
+        self.ack_wait = 30.0
+        self.held: dict[int, Any] = {}
+        self._emitter = _KvWatch(store, stream, sink, token)  # reuse its batching to trio
+        self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self._sub: Any = None
+
+    @property
+    def margin(self) -> float:
+        return min(max(0.5, self.ack_wait * 0.1), 5.0)
+
+    async def start(self) -> None:
+        self._sub = await self.store._js.pull_subscribe_bind(durable=self.durable, stream=self.stream)
+        self._task = asyncio.ensure_future(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._task
+        self.store._queues.discard(self)
+        if self._sub is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._sub.unsubscribe(), self.store.timeout)
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            want = self.max_held - len(self.held)
+            nc = self.store._nc
+            if want <= 0 or nc is None or not nc.is_connected:
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), 0.5)
+                continue
+            try:
+                msgs = await self._sub.fetch(want, timeout=1.0)
+            except (TimeoutError, nats.errors.TimeoutError):
+                continue
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                log.info("queue %s/%s: fetch: %s", self.stream, self.durable, e)
+                await asyncio.sleep(0.5)
+                continue
+            for m in msgs:
+                meta = m.metadata
+                seq = int(meta.sequence.stream)
+                keep = max(self.ack_wait - self.margin, 0.1)
+                self.held[seq] = m
+                loop.call_later(keep, self._expire, seq, m)
+                self._emitter._emit(QueueMsg(seq, m.subject, m.data or b"", _ts(meta.timestamp),  # type: ignore[arg-type]
+                                             int(meta.num_delivered or 1), time.monotonic() + keep))
+
+    def _expire(self, seq: int, m: Any) -> None:
+        if self.held.get(seq) is m:
+            del self.held[seq]
+            self._emitter._emit(QueueGone(seq))  # type: ignore[arg-type]
+            self._wake.set()
+
+    async def ack(self, seq: int) -> None:
+        m = self.held.pop(seq, None)
+        if m is None:
+            raise NotFound(f"{self.stream}#{seq} is no longer held by this mount (ack wait over)")
+        self._wake.set()
+        try:
+            await m.ack_sync(timeout=self.store.timeout)
+        except Exception:
+            # Not acknowledged: the server redelivers it after the ack wait.
+            raise
 
 
 def _stream_info(si: Any) -> StreamInfo:

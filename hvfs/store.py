@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-__all__ = ["RESYNC", "SYNCED", "MsgSeen", "StreamInfo", "StreamMsg", "BucketInfo", "KvChange", "KvEntry", "Op", "Store", "StoreState", "Watch"]
+__all__ = ["RESYNC", "SYNCED", "MsgSeen", "QueueGone", "QueueMsg", "StreamInfo", "StreamMsg", "BucketInfo", "KvChange", "KvEntry", "Op", "Store", "StoreState", "Watch"]
 
 
 #: Watch sink markers: a watch (re)starts its snapshot / the snapshot is complete.
@@ -64,6 +64,25 @@ class MsgSeen:
     seq: int
     size: int
     time: float
+
+
+@dataclass(frozen=True, slots=True)
+class QueueMsg:
+    """A message a durable consumer delivered to this mount, not yet acked."""
+
+    seq: int
+    subject: str
+    data: bytes
+    time: float
+    deliveries: int
+    expires: float  # monotonic time this mount lets go of it (before the ack wait ends)
+
+
+@dataclass(frozen=True, slots=True)
+class QueueGone:
+    """This mount let go of a delivery (ack wait nearly over): it will be redelivered."""
+
+    seq: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,6 +38,7 @@ class Kind(enum.Enum):
     MSG = "msg"  # one stream message (immutable)
     LOG = "log"  # a subject directory's .log, not listed
     PUB = "pub"  # a new file in a subject directory: published at close
+    QMSG = "qmsg"  # a work-queue delivery held by this mount; rm acks it
 
 
 class Node:
@@ -46,7 +47,7 @@ class Node:
     __slots__ = (
         "ino", "kind", "name", "parent", "children", "view", "key", "revision",
         "size", "mtime", "ctime", "nlookup", "local", "linked", "render", "data", "cached",
-        "stream",
+        "stream", "queue",
     )
 
     def __init__(self, ino: int, kind: Kind, name: bytes, parent: Node | None) -> None:
@@ -69,6 +70,7 @@ class Node:
         self.data: bytes | None = None  # REV content, CTRL snapshot
         self.cached = 0  # the revision whose content the kernel's page cache may hold
         self.stream: Any = None  # hvfs.streams.StreamView for nodes of a stream
+        self.queue: Any = None  # hvfs.queues.QueueView for a work-queue directory and its files
 
     def __repr__(self) -> str:
         return f"<Node {self.ino} {self.kind.value} {self.name!r} key={self.key!r} rev={self.revision}>"
