@@ -103,3 +103,54 @@ def test_log_and_tail(mnt, raw, stream):
     finally:
         tail.kill()
         tail.wait()
+
+
+def test_oversized_message_is_refused(mnt, raw):
+    name = f"BIG{os.getpid()}"
+    add_stream(raw, name, ["big.>"], max_msg_size=100)
+    try:
+        d = mnt.path("streams", name, "big", "x")
+        os.makedirs(d, exist_ok=True)
+        fd = os.open(d / "m", os.O_WRONLY | os.O_CREAT)
+        try:
+            with pytest.raises(OSError) as e:
+                os.write(fd, b"z" * 200)
+            assert e.value.errno == errno.EFBIG
+        finally:
+            os.close(fd)
+        assert raw.run(raw.js.stream_info(name)).state.messages == 0
+    finally:
+        raw.run(raw.js.delete_stream(name))
+
+
+def test_stream_deleted_while_mounted(mnt, raw):
+    name = f"GONE{os.getpid()}"
+    add_stream(raw, name, ["gone.>"])
+    seq = publish(raw, "gone.a", b"soon gone")
+    f = mnt.path("streams", name, "gone", "a", str(seq))
+    wait_for(f.exists, what="message")
+    raw.run(raw.js.delete_stream(name))
+    with pytest.raises(OSError) as e:
+        f.read_bytes()
+    assert e.value.errno in (errno.ENOENT, errno.EIO)
+    wait_for(lambda: name not in os.listdir(mnt.path("streams")), what="stream gone from listing")
+
+
+def test_kv_and_object_streams_are_not_listed(mnt, raw, bucket):
+    names = os.listdir(mnt.path("streams"))
+    assert not any(n.startswith(("KV_", "OBJ_")) for n in names)
+
+
+def test_deny_delete_stream(mnt, raw):
+    name = f"KEEP{os.getpid()}"
+    add_stream(raw, name, ["keep.>"], deny_delete=True)
+    try:
+        seq = publish(raw, "keep.a", b"forever")
+        f = mnt.path("streams", name, "keep", "a", str(seq))
+        wait_for(f.exists, what="message")
+        with pytest.raises(OSError) as e:
+            os.unlink(f)
+        assert e.value.errno == errno.EPERM
+        assert f.read_bytes() == b"forever"
+    finally:
+        raw.run(raw.js.delete_stream(name))
