@@ -105,6 +105,7 @@ class NatsStore:
         self._watches: set[_KvWatch] = set()
         self._queues: set[_Queue] = set()
         self._inflight: dict[asyncio.Task[Any], str] = {}
+        self._denied: dict[asyncio.Task[Any], str] = {}
 
     # -- lifecycle -------------------------------------------------------
 
@@ -192,10 +193,12 @@ class NatsStore:
         m = _PERM_RE.search(msg)
         if m:
             # A permission violation is no reply: fail the waiting call now.
-            subject = m.group(1)
+            subject = m.group(1).lower()  # nats-py lower-cases the server's error text
             for task, subj in list(self._inflight.items()):
-                if subj and (subj == subject or subject.startswith(subj) or subj.startswith(subject)):
-                    task.cancel(msg=f"EACCES:{msg}")
+                s = subj.lower()
+                if s and (s == subject or subject.startswith(s) or s.startswith(subject)):
+                    self._denied[task] = msg
+                    task.cancel()
         if self.state.connected:  # the first connect reports its own one-line reason
             log.warning("nats: %s", msg)
 
@@ -264,10 +267,10 @@ class NatsStore:
         self._inflight[task] = subject
         try:
             return await asyncio.wait_for(coro, bound)
-        except asyncio.CancelledError as e:
-            msg = str(e.args[0]) if e.args else ""
-            if msg.startswith("EACCES:"):
-                raise PermissionDenied(msg[7:]) from None
+        except asyncio.CancelledError:
+            denied = self._denied.pop(task, None)
+            if denied is not None:
+                raise PermissionDenied(denied) from None
             raise
         except (TimeoutError, nats.errors.TimeoutError):
             raise Timeout(f"no answer from NATS within {bound:.1f}s") from None

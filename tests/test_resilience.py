@@ -166,3 +166,37 @@ def test_changes_while_disconnected_reach_the_kernel(own_server, outage_mount):
             again.stop()
     finally:
         w.stop()
+
+
+def test_permission_violation_is_fast_eacces(tmp_path):
+    conf = tmp_path / "auth.conf"
+    conf.write_text(
+        "authorization { users = [\n"
+        "  {user: admin, password: pw}\n"
+        "  {user: agent, password: pw, permissions: {publish: {deny: [\"$KV.locked.>\"]}}}\n"
+        "] }\n")
+    srv = EmbeddedServer(tmp_path / "nats", extra_args=["-c", str(conf)])
+    srv.start()
+    try:
+        admin = RawNats(srv.url.replace("nats://", "nats://admin:pw@"))
+        try:
+            admin.create_bucket("locked")
+            admin.put("locked", "k", b"v")
+        finally:
+            admin.close()
+        m = Mount(tmp_path / "m", srv.url, "--user", "agent", "--password", "pw").start()
+        try:
+            p = m.path("kv", "locked", "k")
+            assert p.read_bytes() == b"v"
+            t0 = time.monotonic()
+            fd = os.open(p, os.O_WRONLY | os.O_TRUNC)
+            os.write(fd, b"mine")
+            with pytest.raises(OSError) as e:
+                os.close(fd)
+            assert e.value.errno == errno.EACCES
+            assert time.monotonic() - t0 < 1.5, "a permission error must not wait for the timeout"
+            assert b"ermission" in m.path(".hvfs", "errors").read_bytes()
+        finally:
+            m.stop()
+    finally:
+        srv.stop()
