@@ -75,7 +75,14 @@ class Handle:
     refused: bool = False  # a write was refused (EFBIG): later writes are refused too
     log: Any = None  # .log reading state
     msg_id: str = ""  # Nats-Msg-Id of a new stream message
+    append: bool = False  # O_APPEND: every write goes to the end of *this* content
     errors: list[str] = field(default_factory=list)
+
+
+def cas_header_bytes(bucket: str) -> int:
+    """Bytes of the headers a CAS publish adds (expected last sequence up to 20 digits, stream)."""
+    return len("NATS/1.0\r\n" "Nats-Expected-Last-Subject-Sequence: \r\n" "Nats-Expected-Stream: KV_\r\n\r\n") \
+        + 20 + len(bucket)
 
 
 class Core(StreamOps):
@@ -404,6 +411,11 @@ class Core(StreamOps):
         return h
 
     async def open(self, ino: int, flags: int, pid: int = 0) -> Handle:
+        h = await self._open(ino, flags, pid)
+        h.append = bool(flags & os.O_APPEND) and h.writable
+        return h
+
+    async def _open(self, ino: int, flags: int, pid: int = 0) -> Handle:
         node = self.node(ino)
         writable = bool(flags & _WRITE)
         trunc = bool(flags & os.O_TRUNC)
@@ -443,17 +455,25 @@ class Core(StreamOps):
         if node.local and node.revision == 0:
             # Created through this mount, not yet published.
             return self._new_fh(Handle(0, node, writable, bytearray(), 0, dirty=writable))
+        if writable and trunc and view.synced and node.linked and node.revision:
+            # The old value is not read: the revision the mount knows is the one
+            # this writer saw; a newer one makes the publish fail (ESTALE), never lost.
+            return self._new_fh(Handle(0, node, True, bytearray(), node.revision, dirty=True))
         try:
             entry = await self.store.get(view.bucket, node.key)
         except NotFound:
             view.remove(node.key, None)
             raise
+        # A size the kernel may not have heard of yet (the watch is a few ms
+        # behind this get): read past its cached size with direct_io.
+        moved = len(entry.value) != node.ksize
         view.put(node.key, entry.revision, len(entry.value), entry.time)
         if not writable:
             # The page cache holds this very revision: let the kernel keep it.
             keep = node.cached == entry.revision and node.ino not in self.writers
             node.cached = entry.revision
-            return self._new_fh(Handle(0, node, False, entry.value, entry.revision, keep_cache=keep))
+            return self._new_fh(Handle(0, node, False, entry.value, entry.revision, keep_cache=keep,
+                                       direct_io=moved))
         data = bytearray() if trunc else bytearray(entry.value)
         return self._new_fh(Handle(0, node, True, data, entry.revision, dirty=trunc))
 
@@ -473,11 +493,12 @@ class Core(StreamOps):
         return bytes(h.data[off:off + size])
 
     async def max_value_size(self, view: KvView) -> int:
+        """The largest value a CAS publish can carry: NATS counts our headers too."""
         limit = self.max_payload
         bi = await self.store.bucket(view.bucket)
         if bi.max_value_size > 0:
             limit = min(limit, bi.max_value_size)
-        return limit
+        return limit - cas_header_bytes(view.bucket)
 
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         h = self.handle(fh)
@@ -487,8 +508,12 @@ class Core(StreamOps):
             return len(buf)
         if h.refused:
             raise TooLarge("an earlier write on this handle was refused; the old value stays")
-        end = off + len(buf)
         assert isinstance(h.data, bytearray)
+        if h.append:
+            # The kernel's append offset comes from a size it may have cached
+            # before a remote change; the end of the content read at open is right.
+            off = len(h.data)
+        end = off + len(buf)
         if end > len(h.data):
             await self._check_size(h, end)
             h.data.extend(bytes(end - len(h.data)))  # zero-fill any gap
@@ -824,6 +849,10 @@ class Core(StreamOps):
         return out
 
     async def getxattr(self, ino: int, name: bytes) -> bytes:
+        if not name.startswith(b"user."):
+            # ENOTSUP, not ENODATA: ls and friends then stop asking for
+            # ACLs and security labels on this filesystem.
+            raise NotSupported(f"{name.decode(errors='replace')}: only user.hvfs.* attributes exist here")
         attrs = await self.xattrs(self.node(ino))
         if name not in attrs:
             raise NoAttr(name.decode(errors="replace"))

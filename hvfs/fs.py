@@ -28,7 +28,8 @@ log = logging.getLogger(__name__)
 P = ParamSpec("P")
 R = TypeVar("R")
 
-_QUIET = {errno.ENOENT, errno.ENODATA, errno.EEXIST}
+_QUIET = {errno.ENOENT, errno.ENODATA, errno.EEXIST, errno.EOPNOTSUPP}
+_UNCACHED = (Kind.CTRL, Kind.REV, Kind.LOG, Kind.PUB)
 
 
 def _fuse(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
@@ -65,11 +66,11 @@ class Operations(pyfuse3.Operations):
     enable_writeback_cache = False
     enable_acl = False
 
-    def __init__(self, core: Core, entry_timeout: float = 1.0, dir_attr_timeout: float = 1.0) -> None:
+    def __init__(self, core: Core, entry_timeout: float = 1.0, attr_timeout: float = 1.0) -> None:
         super().__init__()
         self.core = core
         self.entry_timeout = entry_timeout
-        self.dir_attr_timeout = dir_attr_timeout
+        self.attr_timeout = attr_timeout
         self.uid = os.getuid()
         self.gid = os.getgid()
         self._dirs: dict[int, list[tuple[bytes, Node]]] = {}
@@ -82,11 +83,12 @@ class Operations(pyfuse3.Operations):
         a.st_ino = node.ino
         a.generation = 0
         a.entry_timeout = self.entry_timeout
-        # A file's attributes are never cached: open() fetches the value, and
-        # a stale cached size would cut the read of a grown value short.
-        a.attr_timeout = 0
+        # Attributes are cached as long as entries: the notifier invalidates
+        # them on every remote change, and an open() that finds a size the
+        # kernel may not know yet reads with direct_io (Core.open). Files
+        # whose size moves by itself (.log, .hvfs/*) are never cached.
+        a.attr_timeout = 0 if node.kind in _UNCACHED else self.attr_timeout
         if node.kind is Kind.DIR:
-            a.attr_timeout = self.dir_attr_timeout
             a.st_mode = stat.S_IFDIR | 0o755
             a.st_nlink = 2
             a.st_size = 0
@@ -94,7 +96,7 @@ class Operations(pyfuse3.Operations):
             ro = self.core.read_only or node.kind in (Kind.CTRL, Kind.MSG, Kind.LOG)
             a.st_mode = stat.S_IFREG | (0o444 if ro else 0o644)
             a.st_nlink = 1 if node.linked or node.kind is Kind.REV else 0
-            a.st_size = self.core.size_of(node)
+            a.st_size = node.ksize = self.core.size_of(node)
         a.st_uid = self.uid
         a.st_gid = self.gid
         ns = int(node.mtime * 1e9)

@@ -40,7 +40,7 @@ class MountOptions:
     read_only: bool = False
     allow_other: bool = False
     entry_timeout: float = 60.0
-    dir_attr_timeout: float = 60.0
+    attr_timeout: float = 60.0
     notify: bool = True
     debug_fuse: bool = False
 
@@ -83,8 +83,8 @@ async def run_mount(opts: MountOptions, ready: Callable[[], None] | None = None)
         await core.start()
         if not opts.notify:
             # Without the notifier nothing invalidates the kernel's caches.
-            opts.entry_timeout = opts.dir_attr_timeout = 0.0
-        ops = Operations(core, entry_timeout=opts.entry_timeout, dir_attr_timeout=opts.dir_attr_timeout)
+            opts.entry_timeout = opts.attr_timeout = 0.0
+        ops = Operations(core, entry_timeout=opts.entry_timeout, attr_timeout=opts.attr_timeout)
         options = set(pyfuse3.default_options)
         options |= {"fsname=hvfs", "subtype=hvfs"}
         if opts.allow_other:

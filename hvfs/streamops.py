@@ -223,7 +223,9 @@ class StreamOps:
         limit = self.max_payload
         if view.info.max_msg_size > 0:
             limit = min(limit, view.info.max_msg_size)
-        return limit
+        # NATS counts the headers (Nats-Msg-Id, Nats-Expected-Stream) too.
+        return limit - len(f"NATS/1.0\r\nNats-Msg-Id: hvfs-{self._mount_id}-\r\nNats-Expected-Stream: "
+                           f"{view.name}\r\n\r\n") - 20
 
     async def stream_flush(self, h: Handle, final: bool) -> None:
         node = h.node

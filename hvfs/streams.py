@@ -75,6 +75,7 @@ class StreamView:
     def put(self, m: MsgSeen, notify: bool = True) -> Node | None:
         if self._resync_seen is not None:
             self._resync_seen.add(m.seq)
+        notify = notify and self.synced  # the first snapshot is not news to the kernel
         if m.seq in self.msgs:
             return self.msgs[m.seq]
         tokens = m.subject.split(".")

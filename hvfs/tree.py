@@ -47,7 +47,7 @@ class Node:
     __slots__ = (
         "ino", "kind", "name", "parent", "children", "view", "key", "revision",
         "size", "mtime", "ctime", "nlookup", "local", "linked", "render", "data", "cached",
-        "stream", "queue",
+        "stream", "queue", "ksize",
     )
 
     def __init__(self, ino: int, kind: Kind, name: bytes, parent: Node | None) -> None:
@@ -70,6 +70,7 @@ class Node:
         self.data: bytes | None = None  # REV content, CTRL snapshot
         self.cached = 0  # the revision whose content the kernel's page cache may hold
         self.stream: Any = None  # hvfs.streams.StreamView for nodes of a stream
+        self.ksize = -1  # the size last reported to the kernel (it may cache it)
         self.queue: Any = None  # hvfs.queues.QueueView for a work-queue directory and its files
 
     def __repr__(self) -> str:
@@ -277,7 +278,8 @@ class KvView:
         """Record revision ``revision`` of ``key``; older revisions are ignored."""
         if self._resync_seen is not None:
             self._resync_seen.add(key)
-        notify = notify and key not in self.quiet
+        # The first snapshot is not news to the kernel: it has seen nothing yet.
+        notify = notify and self.synced and key not in self.quiet
         node = self.keys.get(key)
         if node is not None:
             if revision <= node.revision:
@@ -362,7 +364,7 @@ class KvView:
             return None
         if revision is not None and revision <= node.revision:
             return None
-        notify = notify and key not in self.quiet
+        notify = notify and self.synced and key not in self.quiet
         del self.keys[key]
         parent = node.parent
         self.tree.detach(node)
