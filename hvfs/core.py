@@ -9,6 +9,7 @@ flush/fsync/close as a compare-and-swap on the revision seen at open.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -374,7 +375,7 @@ class Core(StreamOps):
         for name, c in self.conflicts.items.items():
             bname = name.encode()
             if bname not in d.children:
-                n = self._ctl_file(d, bname, lambda data=c.data: data)
+                n = self._ctl_file(d, bname, functools.partial(bytes, c.data))
                 n.size = len(c.data)
         for bname in [k for k, n in d.children.items() if n.kind is Kind.CTRL and k != b"index"]:
             if bname.decode() not in self.conflicts.items:
@@ -450,8 +451,8 @@ class Core(StreamOps):
             if current != node.revision:
                 raise Conflict(f"{view.bucket}/{node.key}: revision {node.revision} is not current "
                                f"(current: {current or 'none'})", current)
-            data = bytearray() if trunc else bytearray(node.data or b"")
-            return self._new_fh(Handle(0, node, True, data, node.revision, dirty=trunc))
+            buf = bytearray() if trunc else bytearray(node.data or b"")
+            return self._new_fh(Handle(0, node, True, buf, node.revision, dirty=trunc))
         if node.local and node.revision == 0:
             # Created through this mount, not yet published.
             return self._new_fh(Handle(0, node, writable, bytearray(), 0, dirty=writable))
@@ -474,8 +475,8 @@ class Core(StreamOps):
             node.cached = entry.revision
             return self._new_fh(Handle(0, node, False, entry.value, entry.revision, keep_cache=keep,
                                        direct_io=moved))
-        data = bytearray() if trunc else bytearray(entry.value)
-        return self._new_fh(Handle(0, node, True, data, entry.revision, dirty=trunc))
+        buf = bytearray() if trunc else bytearray(entry.value)
+        return self._new_fh(Handle(0, node, True, buf, entry.revision, dirty=trunc))
 
     async def _current_revision(self, view: KvView, key: str) -> int:
         try:
@@ -672,10 +673,10 @@ class Core(StreamOps):
             # An atomic claim: exactly one creator in the whole fleet wins, now.
             with self._muted(view, key):
                 rev = await self.store.create(view.bucket, key, b"")
-            node = view.put(key, rev, 0, time.time(), notify=False)
-            if node is None:
+            claimed = view.put(key, rev, 0, time.time(), notify=False)
+            if claimed is None:
                 raise InvalidName(f"{name!r} maps to key {key!r}, which cannot be shown here")
-            return self._new_fh(Handle(0, node, True, bytearray(), rev))
+            return self._new_fh(Handle(0, claimed, True, bytearray(), rev))
         node = self.tree.new(Kind.KV, name, parent)
         node.view, node.key, node.local = view, key, True
         self.tree.attach(parent, node)

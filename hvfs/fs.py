@@ -13,7 +13,7 @@ import functools
 import logging
 import os
 import stat
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from typing import Any, ParamSpec, TypeVar
 
 import pyfuse3
@@ -32,7 +32,7 @@ _QUIET = {errno.ENOENT, errno.ENODATA, errno.EEXIST, errno.EOPNOTSUPP}
 _UNCACHED = (Kind.CTRL, Kind.REV, Kind.LOG, Kind.PUB)
 
 
-def _fuse(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+def _fuse(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[Any, Any, R]]:
     @functools.wraps(fn)
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:

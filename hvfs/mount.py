@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 class MountOptions:
     mountpoint: str
     connect: ConnectOptions
-    config: MountConfig = field(default_factory=MountConfig)
+    config: MountConfig = field(default_factory=lambda: MountConfig())
     store_dir: str | None = None
     read_only: bool = False
     allow_other: bool = False

@@ -574,7 +574,16 @@ class _KvWatch:
                 self.token.run_sync_soon(self._deliver)
         self.sink(items)  # type: ignore[arg-type]
 
+    #: what the consumer covers; a stream watch takes every subject from the start
+    deliver_policy = api.DeliverPolicy.LAST_PER_SUBJECT
+
+    def _item(self, msg: Any, meta: Any, size: int) -> KvChange:
+        op = _op_of(msg.headers)
+        return KvChange(self.bucket, msg.subject[len(self.pre):], op, int(meta.sequence.stream),
+                        size if op is Op.PUT else 0, _ts(meta.timestamp))
+
     async def start(self) -> None:
+        """(Re)start the snapshot: RESYNC, every current entry, SYNCED, then live changes."""
         self._gen += 1
         gen = self._gen
         self._synced = False
@@ -585,27 +594,25 @@ class _KvWatch:
                 return
             meta = msg.metadata
             hdrs = msg.headers
-            op = _op_of(hdrs)
-            size = len(msg.data or b"")
-            if hdrs and "Nats-Msg-Size" in hdrs:
-                size = int(hdrs["Nats-Msg-Size"])
-            if op is not Op.PUT:
-                size = 0
-            self._emit(KvChange(self.bucket, msg.subject[len(self.pre):], op,
-                                int(meta.sequence.stream), size, _ts(meta.timestamp)))
+            size = int(hdrs["Nats-Msg-Size"]) if hdrs and "Nats-Msg-Size" in hdrs else len(msg.data or b"")
+            self._emit(self._item(msg, meta, size))
             if not self._synced and meta.num_pending == 0:
                 self._synced = True
                 self._emit(SYNCED)
 
         self.sub = await self.store._js.subscribe(
-            f"{self.pre}>", stream=f"KV_{self.bucket}", cb=on_msg, ordered_consumer=True,
-            deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT, headers_only=True,
+            f"{self.pre}>", stream=self.stream_name, cb=on_msg, ordered_consumer=True,
+            deliver_policy=self.deliver_policy, headers_only=True,
             inactive_threshold=300.0, pending_msgs_limit=-1,
         )
         info = await self.sub.consumer_info()
         if info.num_pending == 0 and self.sub.delivered == 0 and not self._synced:
             self._synced = True
             self._emit(SYNCED)
+
+    @property
+    def stream_name(self) -> str:
+        return f"KV_{self.bucket}"
 
     async def restart(self) -> None:
         for attempt in range(20):
@@ -723,39 +730,18 @@ def _stream_info(si: Any) -> StreamInfo:
 class _StreamWatch(_KvWatch):
     """Every message of a stream (headers only), then live appends."""
 
+    deliver_policy = api.DeliverPolicy.ALL
+
     def __init__(self, store: NatsStore, stream: str, sink: WatchSink, token: trio.lowlevel.TrioToken) -> None:
         super().__init__(store, stream, sink, token)
         self.pre = ""
 
-    async def start(self) -> None:
-        self._gen += 1
-        gen = self._gen
-        self._synced = False
-        self._emit(RESYNC)
+    @property
+    def stream_name(self) -> str:
+        return self.bucket
 
-        async def on_msg(msg: Any) -> None:
-            if gen != self._gen:
-                return
-            meta = msg.metadata
-            hdrs = msg.headers
-            size = len(msg.data or b"")
-            if hdrs and "Nats-Msg-Size" in hdrs:
-                size = int(hdrs["Nats-Msg-Size"])
-            self._emit(MsgSeen(self.bucket, msg.subject, int(meta.sequence.stream), size,  # type: ignore[arg-type]
-                               _ts(meta.timestamp)))
-            if not self._synced and meta.num_pending == 0:
-                self._synced = True
-                self._emit(SYNCED)
-
-        self.sub = await self.store._js.subscribe(
-            ">", stream=self.bucket, cb=on_msg, ordered_consumer=True,
-            deliver_policy=api.DeliverPolicy.ALL, headers_only=True,
-            inactive_threshold=300.0, pending_msgs_limit=-1,
-        )
-        info = await self.sub.consumer_info()
-        if info.num_pending == 0 and self.sub.delivered == 0 and not self._synced:
-            self._synced = True
-            self._emit(SYNCED)
+    def _item(self, msg: Any, meta: Any, size: int) -> MsgSeen:  # type: ignore[override]
+        return MsgSeen(self.bucket, msg.subject, int(meta.sequence.stream), size, _ts(meta.timestamp))
 
 
 def _map_error(e: BaseException, what: str) -> HvfsError:
