@@ -115,7 +115,7 @@ async def bench_latency(url: str, mp: Path, n: int) -> dict[str, float]:
     js = nc.jetstream()
     kv = await js.create_key_value(bucket="lat", history=1)
     d = mp / "kv" / "lat"
-    while not d.is_dir():
+    while not d.is_dir():  # noqa: ASYNC110 - polling the filesystem, no event to wait on
         await asyncio.sleep(0.01)
     ino = Inotify(d, IN_CREATE | IN_MODIFY | IN_DELETE)
     create, modify, missed = [], [], 0
@@ -149,7 +149,7 @@ async def bench_storm(url: str, mp: Path, n: int) -> dict[str, float]:
     kv = await js.create_key_value(bucket="storm", history=1)
     await kv.put("probe", b"p" * 100)
     d = mp / "kv" / "storm"
-    while not (d / "probe").exists():
+    while not (d / "probe").exists():  # noqa: ASYNC110
         await asyncio.sleep(0.01)
     ino = Inotify(d, IN_CREATE | IN_MODIFY | IN_DELETE)
     probe_lat: list[float] = []

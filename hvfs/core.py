@@ -310,7 +310,24 @@ class Core(StreamOps):
         m = _REV_RE.match(name)
         if m and parent.view is not None:
             return await self._revision_node(parent, m.group(1), int(m.group(2)))
+        if parent.view is not None and pid not in self.self_pids:
+            found = await self._lookup_in_nats(parent, name)
+            if found is not None:
+                return found
         raise NotFound(f"{parent.path().decode(errors='replace')}/{name.decode(errors='replace')}: no such file")
+
+    async def _lookup_in_nats(self, parent: Node, name: bytes) -> Node | None:
+        """A name the index does not have yet may be a key the watch has not
+        delivered (it trails NATS by a few ms): ask NATS before saying ENOENT."""
+        view = parent.view
+        assert view is not None
+        try:
+            key = view.key_for(parent, name)
+            entry = await self.store.get(view.bucket, key)
+        except (NotFound, InvalidName):
+            return None
+        node = view.put(key, entry.revision, len(entry.value), entry.time)
+        return node if node is not None and node.parent is parent and node.name == name else None
 
     async def _wait_synced(self, view: KvView) -> None:
         if view.synced:
