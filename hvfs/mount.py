@@ -63,14 +63,36 @@ def default_store_dir() -> str:
 
 
 async def run_mount(opts: MountOptions, ready: Callable[[], None] | None = None) -> None:
-    """Mount and serve until SIGINT/SIGTERM or ``hvfs umount``; raise HvfsError on bad start."""
+    """Mount and serve until SIGINT/SIGTERM or ``hvfs umount``; raise HvfsError on bad start.
+
+    A signal during start-up cancels it (everything started so far is
+    stopped); once mounted, it ends ``pyfuse3.main`` and unmounts.
+    """
     check_mountpoint(opts.mountpoint)
-    server: EmbeddedServer | None = None
+    state = {"mounted": False}
+    try:
+        async with trio.open_nursery() as outer:
+            outer.start_soon(_signals, outer.cancel_scope, state)
+            await _serve(opts, ready, state)
+            outer.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        # A failed start-up is one HvfsError with a reason: report that, not a group.
+        reason = group.subgroup(lambda e: isinstance(e, HvfsError))
+        if reason is not None:
+            first: BaseException = reason
+            while isinstance(first, BaseExceptionGroup):
+                first = first.exceptions[0]
+            raise first from None
+        raise
+
+
+async def _serve(opts: MountOptions, ready: Callable[[], None] | None, state: dict[str, bool]) -> None:
     async with contextlib.AsyncExitStack() as stack:
         connect = opts.connect
         if not connect.servers:
             server = EmbeddedServer(opts.store_dir or default_store_dir())
-            await trio.to_thread.run_sync(server.start)
+            # Started from this (main) thread: the server gets PDEATHSIG with it.
+            server.start()
             stack.callback(server.stop)
             connect = connect.model_copy(update={"servers": [server.url]})
             log.info("embedded nats-server on %s, store %s", server.url, server.store_dir)
@@ -111,10 +133,10 @@ async def run_mount(opts: MountOptions, ready: Callable[[], None] | None = None)
             core.notifier = notifier
             core.tree.listeners.append(notifier.enqueue)
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_signals)
             if core.kv_dir is not None:
                 await nursery.start(core.poll_buckets)
             log.info("mounted %s", opts.mountpoint)
+            state["mounted"] = True
             if ready is not None:
                 ready()
             await pyfuse3.main()
@@ -122,8 +144,11 @@ async def run_mount(opts: MountOptions, ready: Callable[[], None] | None = None)
         log.info("unmounting %s", opts.mountpoint)
 
 
-async def _signals() -> None:
+async def _signals(startup: trio.CancelScope, state: dict[str, bool]) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
         async for _ in signals:
-            pyfuse3.terminate()
+            if state["mounted"]:
+                pyfuse3.terminate()
+            else:
+                startup.cancel()
             return

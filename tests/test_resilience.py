@@ -200,3 +200,42 @@ def test_permission_violation_is_fast_eacces(tmp_path):
             m.stop()
     finally:
         srv.stop()
+
+
+def _children(pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+    return [int(x) for x in out.split()]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.parametrize("sig", ["TERM", "KILL"])
+def test_embedded_server_ends_with_the_mount(tmp_path, sig):
+    import signal
+
+    d = tmp_path / "m"
+    d.mkdir()
+    proc = subprocess.Popen([sys.executable, "-m", "hvfs", "mount", str(d), "--store", str(tmp_path / "st")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: is_mounted(d) and (d / ".hvfs" / "status").exists(), timeout=20, what="mounted")
+        (d / "kv").joinpath("demo").mkdir()
+        (d / "kv" / "demo" / "k").write_bytes(b"v")
+        [srv] = [p for p in _children(proc.pid) if "nats-server" in open(f"/proc/{p}/cmdline").read()]
+        proc.send_signal(getattr(signal, f"SIG{sig}"))
+        proc.wait(20)
+        wait_for(lambda: not _alive(srv), timeout=10, what="embedded nats-server gone")
+        if sig == "TERM":
+            assert proc.returncode == 0
+            assert not is_mounted(d)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        if is_mounted(d):
+            subprocess.run(["fusermount3", "-u", "-z", str(d)], check=False)
