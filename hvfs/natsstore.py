@@ -266,7 +266,8 @@ class NatsStore:
         assert task is not None
         self._inflight[task] = subject
         try:
-            return await asyncio.wait_for(coro, bound)
+            async with asyncio.timeout(bound):  # no extra task, unlike wait_for
+                return await coro
         except asyncio.CancelledError:
             denied = self._denied.pop(task, None)
             if denied is not None:
