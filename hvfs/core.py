@@ -103,7 +103,6 @@ class Core(StreamOps):
         self.views: dict[str, list[KvView]] = {}  # bucket -> views
         self._synced: dict[int, trio.Event] = {}  # id(view) -> set when snapshot complete
         self._watches: dict[str, Any] = {}
-        self._bucket_scan = 0.0
         self.started = time.time()
         self.counters: dict[str, int] = {"opens": 0, "reads": 0, "publishes": 0, "conflicts": 0,
                                          "changes_seen": 0}
@@ -113,7 +112,6 @@ class Core(StreamOps):
         self.listed: dict[int, float] = {}
         self.notifier: Any = None  # hvfs.notifier.Notifier, set by the mount
         self.events = EventLog()
-        self.on_change: list[Callable[[KvChange], None]] = []
         self.kv_dir: Node | None = self.tree.mkdirs("kv") if self.config.raw else None
         self.streams_dir: Node | None = self.tree.mkdirs("streams") if self.config.raw else None
         self._init_streams()
@@ -151,7 +149,7 @@ class Core(StreamOps):
                 qb.stream, qb.durable, qv.apply, create=qb.create, filter_subject=qb.filter_subject,
                 ack_wait=qb.ack_wait, max_held=qb.max_held)
         if self.kv_dir is not None:
-            await self.refresh_buckets(force=True)
+            await self.refresh_buckets()
         await self.refresh_streams()
 
     async def _add_view(self, view: KvView) -> None:
@@ -171,11 +169,10 @@ class Core(StreamOps):
         with trio.move_on_after(max(5.0, getattr(self.store, "timeout", 2.0) * 5)):
             await ev.wait()
 
-    async def refresh_buckets(self, force: bool = False) -> None:
-        """Keep kv/ in step with the server's buckets (rate-limited)."""
-        if self.kv_dir is None or (not force and time.monotonic() - self._bucket_scan < 1.0):
+    async def refresh_buckets(self) -> None:
+        """Keep kv/ in step with the server's buckets."""
+        if self.kv_dir is None:
             return
-        self._bucket_scan = time.monotonic()
         infos = await self.store.buckets()
         names = {bi.name for bi in infos}
         assert self.kv_dir.children is not None
@@ -198,7 +195,7 @@ class Core(StreamOps):
         while True:
             await trio.sleep(interval)
             try:
-                await self.refresh_buckets(force=True)
+                await self.refresh_buckets()
                 await self.refresh_streams()
             except HvfsError as e:
                 log.debug("bucket poll: %s", e.reason)
@@ -211,7 +208,7 @@ class Core(StreamOps):
             await self.store.bucket(name.decode())
         except NotFound:
             return
-        await self.refresh_buckets(force=True)
+        await self.refresh_buckets()
 
     async def _drop_bucket(self, bucket: str, root: Node) -> None:
         views = self.views.get(bucket, [])
@@ -262,8 +259,6 @@ class Core(StreamOps):
                 for v in views:
                     v.apply(item.key, item.op is not Op.PUT, item.revision, item.size, item.time)
                 self.events.add(item)
-                for fn in self.on_change:
-                    fn(item)
 
     # -- lookup and listing --------------------------------------------------------
 
@@ -369,7 +364,7 @@ class Core(StreamOps):
             raise NotADirectory(f"{d.path()!r} is not a directory")
         if d is self.kv_dir:
             try:
-                await self.refresh_buckets(force=True)
+                await self.refresh_buckets()
             except HvfsError as e:
                 log.warning("bucket list: %s", e.reason)
         if d.view is not None:
@@ -611,13 +606,11 @@ class Core(StreamOps):
             raise
         self.counters["publishes"] += 1
         h.base = rev
-        view.put(node.key, rev, len(data), time.time(), notify=False)
-        if node.kind is Kind.KV:
-            node.size, node.local = len(data), False
-            if node.revision > rev and node.parent is not None:
-                # Another writer's revision arrived while ours was in flight.
-                self.tree.notify(node.parent, node.name, node, "modify")
-            node.revision = max(node.revision, rev)
+        newer = node.kind is Kind.KV and node.revision > rev
+        view.put(node.key, rev, len(data), time.time(), notify=False)  # no-op if newer
+        if newer and node.parent is not None:
+            # Another writer's revision arrived while ours was in flight.
+            self.tree.notify(node.parent, node.name, node, "modify")
 
     @contextlib.contextmanager
     def _muted(self, view: KvView, key: str) -> Iterator[None]:
@@ -713,12 +706,12 @@ class Core(StreamOps):
             bucket = name.decode(errors="replace")
             if not re.fullmatch(r"[a-zA-Z0-9_-]+", bucket):
                 raise InvalidName(f"{bucket!r} is not a valid bucket name")
-            await self.refresh_buckets(force=True)
+            await self.refresh_buckets()
             assert parent.children is not None
             if name in parent.children:
                 raise Exists(f"bucket {bucket} exists")
             await self.store.create_bucket(bucket)  # type: ignore[attr-defined]
-            await self.refresh_buckets(force=True)
+            await self.refresh_buckets()
             return parent.children[name]
         parent, view = self._kv_parent(parent_ino)
         assert parent.children is not None
