@@ -103,6 +103,7 @@ class Core(StreamOps):
         self.views: dict[str, list[KvView]] = {}  # bucket -> views
         self._synced: dict[int, trio.Event] = {}  # id(view) -> set when snapshot complete
         self._watches: dict[str, Any] = {}
+        self._refresh_lock = trio.Lock()
         self.started = time.time()
         self.counters: dict[str, int] = {"opens": 0, "reads": 0, "publishes": 0, "conflicts": 0,
                                          "changes_seen": 0}
@@ -153,26 +154,40 @@ class Core(StreamOps):
         await self.refresh_streams()
 
     async def _add_view(self, view: KvView) -> None:
+        others = [v for v in self.views.get(view.bucket, []) if v is not view]
         self.views.setdefault(view.bucket, []).append(view)
         ev = trio.Event()
         self._synced[id(view)] = ev
-        if view.bucket not in self._watches:
-            bucket = view.bucket
+        bucket = view.bucket
+        if others and bucket in self._watches:
+            if all(v.synced for v in others):
+                # Another view of a watched bucket: replay its keys.
+                for key, n in list(others[0].keys.items()):
+                    view.put(key, n.revision, n.size, n.mtime, notify=False)
+                view.end_resync()
+                ev.set()
+            # else: the watch's SYNCED marker is still to come, for every view.
+        else:
+            old = self._watches.pop(bucket, None)
+            if old is not None:
+                await old.stop()
             self._watches[bucket] = await self.store.watch(bucket, lambda items: self._on_watch(bucket, items))
-        elif all(v.synced for v in self.views[view.bucket] if v is not view):
-            # A second view of a watched bucket: replay the first one's keys.
-            src = next(v for v in self.views[view.bucket] if v is not view)
-            for key, n in list(src.keys.items()):
-                view.put(key, n.revision, n.size, n.mtime, notify=False)
-            view.end_resync()
-            ev.set()
         with trio.move_on_after(max(5.0, getattr(self.store, "timeout", 2.0) * 5)):
             await ev.wait()
 
     async def refresh_buckets(self) -> None:
-        """Keep kv/ in step with the server's buckets."""
+        """Keep kv/ in step with the server's buckets.
+
+        Serialised: a listing is applied only by the task that took it, while
+        no other refresh is adding or dropping views.
+        """
         if self.kv_dir is None:
             return
+        async with self._refresh_lock:
+            await self._refresh_buckets()
+
+    async def _refresh_buckets(self) -> None:
+        assert self.kv_dir is not None
         infos = await self.store.buckets()
         names = {bi.name for bi in infos}
         assert self.kv_dir.children is not None
@@ -199,6 +214,9 @@ class Core(StreamOps):
                 await self.refresh_streams()
             except HvfsError as e:
                 log.debug("bucket poll: %s", e.reason)
+            except Exception:
+                # A background task must not take the mount down with it.
+                log.exception("bucket poll failed")
 
     async def _discover_bucket(self, name: bytes) -> None:
         """A lookup of an unknown kv/NAME: one stream-info call, not a full listing."""

@@ -57,6 +57,34 @@ def check_mountpoint(path: str) -> None:
         raise HvfsError("/dev/fuse is not available (FUSE missing or no permission)")
 
 
+def fuse_connection(mountpoint: str) -> int | None:
+    """The FUSE connection number of a mount (its device minor), from mountinfo.
+
+    Read from /proc, not stat(): a stat would be a request to ourselves.
+    """
+    target = os.path.abspath(mountpoint)  # no syscalls: the mount may not answer yet
+    try:
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                parts = line.split()
+                if parts[4] == target and " - fuse" in line:
+                    return int(parts[2].split(":")[1])
+    except (OSError, IndexError, ValueError):
+        pass
+    return None
+
+
+def abort_fuse_connection(conn: int | None) -> None:
+    """Fail every request pending on the connection (fusectl ``abort``)."""
+    if conn is None:
+        return
+    try:
+        with open(f"/sys/fs/fuse/connections/{conn}/abort", "w") as f:
+            f.write("1")
+    except OSError as e:
+        log.warning("cannot abort FUSE connection %s: %s", conn, e)
+
+
 def default_store_dir() -> str:
     base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
     return os.path.join(base, "hvfs", "nats")
@@ -126,10 +154,12 @@ async def _serve(opts: MountOptions, ready: Callable[[], None] | None, state: di
                 pyfuse3.close(unmount=True)
 
         stack.callback(close_fuse)
+        conn = fuse_connection(opts.mountpoint)
         if opts.notify:
             notifier = Notifier(opts.mountpoint, core.self_pids, core.selfops, core.listed)
             notifier.start()
-            stack.callback(notifier.stop)  # stops before the unmount above
+            # stops before the unmount above; may abort a request it left pending
+            stack.callback(notifier.stop, lambda: abort_fuse_connection(conn))
             core.notifier = notifier
             core.tree.listeners.append(notifier.enqueue)
         async with trio.open_nursery() as nursery:

@@ -21,6 +21,7 @@ import os
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pyfuse3
@@ -71,11 +72,18 @@ class Notifier:
         self._thread.start()
         self._ready.wait(5)
 
-    def stop(self) -> None:
+    def stop(self, abort: Callable[[], None] | None = None) -> None:
+        """Stop the thread. Called once the FUSE loop has ended: a self-operation
+        still in the kernel would wait for an answer forever, so after a short
+        grace the connection is aborted (``abort``), which fails it."""
         with self._cv:
             self._stop = True
             self._cv.notify()
-        self._thread.join(10)
+        self._thread.join(1.0)
+        if self._thread.is_alive() and abort is not None:
+            log.warning("notifier stuck in a request to its own mount: aborting the FUSE connection")
+            abort()
+            self._thread.join(5.0)
 
     # -- queueing (trio thread) ---------------------------------------------------
 

@@ -56,6 +56,7 @@ class StreamOps:
         self.streams: dict[str, StreamView] = {}
         self._stream_watches: dict[str, Any] = {}
         self._stream_synced: dict[str, trio.Event] = {}
+        self._stream_lock = trio.Lock()
         self._mount_id = uuid.uuid4().hex[:12]
         self._pub_seq = 0
 
@@ -64,6 +65,11 @@ class StreamOps:
     async def refresh_streams(self) -> None:
         if self.streams_dir is None:
             return
+        async with self._stream_lock:
+            await self._refresh_streams()
+
+    async def _refresh_streams(self) -> None:
+        assert self.streams_dir is not None
         infos = {si.name: si for si in await self.store.streams()}
         d = self.streams_dir
         assert d.children is not None
@@ -112,7 +118,9 @@ class StreamOps:
         except (NotFound, HvfsError):
             return
         if info.name not in self.streams and not info.name.startswith(("KV_", "OBJ_")):
-            await self._add_stream(info)
+            async with self._stream_lock:
+                if info.name not in self.streams:
+                    await self._add_stream(info)
 
     def _on_stream_watch(self, name: str, items: list[Any]) -> None:
         view = self.streams.get(name)
@@ -240,6 +248,8 @@ class StreamOps:
                 h.dirty = False
             raise  # not final: dirty stays, a retry reuses the same Nats-Msg-Id
         h.dirty = h.wrote = False
+        self._pub_seq += 1
+        h.msg_id = f"hvfs-{self._mount_id}-{self._pub_seq}"  # later writes are another message
         self.counters["publishes"] += 1
         parent = node.parent
         if node.linked and parent is not None:
