@@ -303,6 +303,8 @@ class Core(StreamOps):
             return parent
         if name == b"..":
             return parent.parent or parent
+        if parent is self.conflicts_dir:
+            self._sync_conflict_files()
         if parent.stream is not None:
             logn = self.stream_lookup(parent, name)
             if logn is not None:
@@ -773,7 +775,13 @@ class Core(StreamOps):
                 await self.store.delete(view.bucket, node.key)
         view.keys.pop(node.key, None)
         self.tree.detach(node)
-        view.prune(parent, notify=False)
+        self._keep_emptied(parent)
+
+    def _keep_emptied(self, d: Node) -> None:
+        """A directory emptied by a local rm or mv stays, as on any filesystem,
+        until rmdir (``rm -r`` and ``mv`` send one next); it is now this mount's own."""
+        if d.kind is Kind.DIR and d.children == {} and d.view is not None and d is not d.view.root:
+            d.local = True
 
     async def rmdir(self, parent_ino: int, name: bytes, pid: int = 0) -> None:
         if pid in self.self_pids:
@@ -799,7 +807,7 @@ class Core(StreamOps):
         if node.children:
             raise NotEmpty(f"{name!r} is not empty")
         self.tree.detach(node)
-        view.prune(parent, notify=False)
+        self._keep_emptied(parent)
 
     async def rename(self, old_ino: int, old: bytes, new_ino: int, new: bytes, flags: int) -> None:
         """Put the value under the new key, then delete the old key: never loses data."""
@@ -846,7 +854,7 @@ class Core(StreamOps):
         src.mtime = src.ctime = time.time()
         self.tree.attach(dst_parent, src)
         dst_view.keys[dst_key] = src
-        src_view.prune(src_parent, notify=False)
+        self._keep_emptied(src_parent)
 
     async def set_size(self, ino: int, size: int, fh: int | None) -> None:
         """truncate(2): on a handle it is buffered, on a path it is one new revision."""

@@ -370,7 +370,8 @@ class KvView:
         self.tree.detach(node)
         if notify and parent is not None:
             self.tree.notify(parent, node.name, node, "delete")
-        if parent is not None:
+        if parent is not None and key not in self.quiet:
+            # (a local rm in flight leaves its directory for the rmdir that may follow)
             self.prune(parent, notify)
         return node
 
