@@ -72,7 +72,6 @@ class Handle:
     wrote: bool = False  # write()/ftruncate() happened since the last publish
     pid: int = 0
     direct_io: bool = False
-    keep_cache: bool = False
     refused: bool = False  # a write was refused (EFBIG): later writes are refused too
     log: Any = None  # .log reading state
     msg_id: str = ""  # Nats-Msg-Id of a new stream message
@@ -430,6 +429,11 @@ class Core(StreamOps):
     # -- open, read, write -----------------------------------------------------------
 
     def _new_fh(self, h: Handle) -> Handle:
+        if h.node.kind is Kind.KV:
+            # A key's value changes under open handles; the page cache is the
+            # inode's, bounded by its current size. direct_io serves each
+            # handle its own content, fixed at open, whatever the kernel knows.
+            h.direct_io = True
         h.fh = self._next_fh
         self._next_fh += 1
         self.handles[h.fh] = h
@@ -497,16 +501,9 @@ class Core(StreamOps):
         except NotFound:
             view.remove(node.key, None)
             raise
-        # A size the kernel may not have heard of yet (the watch is a few ms
-        # behind this get): read past its cached size with direct_io.
-        moved = len(entry.value) != node.ksize
         view.put(node.key, entry.revision, len(entry.value), entry.time)
         if not writable:
-            # The page cache holds this very revision: let the kernel keep it.
-            keep = node.cached == entry.revision and node.ino not in self.writers
-            node.cached = entry.revision
-            return self._new_fh(Handle(0, node, False, entry.value, entry.revision, keep_cache=keep,
-                                       direct_io=moved))
+            return self._new_fh(Handle(0, node, False, entry.value, entry.revision))
         buf = bytearray() if trunc else bytearray(entry.value)
         return self._new_fh(Handle(0, node, True, buf, entry.revision, dirty=trunc))
 
@@ -552,7 +549,6 @@ class Core(StreamOps):
             h.data.extend(bytes(end - len(h.data)))  # zero-fill any gap
         h.data[off:end] = buf
         h.dirty = h.wrote = True
-        h.node.cached = 0
         self.writers[h.node.ino] = h
         return len(buf)
 
@@ -850,7 +846,7 @@ class Core(StreamOps):
             dst_view.keys.pop(dst.key, None)
             self.tree.detach(dst)
         src.view, src.key, src.name = dst_view, dst_key, new
-        src.revision, src.size, src.cached = rev, len(entry.value), 0
+        src.revision, src.size = rev, len(entry.value)
         src.mtime = src.ctime = time.time()
         self.tree.attach(dst_parent, src)
         dst_view.keys[dst_key] = src

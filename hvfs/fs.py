@@ -84,9 +84,9 @@ class Operations(pyfuse3.Operations):
         a.generation = 0
         a.entry_timeout = self.entry_timeout
         # Attributes are cached as long as entries: the notifier invalidates
-        # them on every remote change, and an open() that finds a size the
-        # kernel may not know yet reads with direct_io (Core.open). Files
-        # whose size moves by itself (.log, .hvfs/*) are never cached.
+        # them on every remote change, and reads of a key's value use direct_io
+        # (Core._new_fh), so a cached size never bounds what a handle reads.
+        # Files whose size moves by itself (.log, .hvfs/*) are never cached.
         a.attr_timeout = 0 if node.kind in _UNCACHED else self.attr_timeout
         if node.kind is Kind.DIR:
             a.st_mode = stat.S_IFDIR | 0o755
@@ -96,7 +96,7 @@ class Operations(pyfuse3.Operations):
             ro = self.core.read_only or node.kind in (Kind.CTRL, Kind.MSG, Kind.LOG)
             a.st_mode = stat.S_IFREG | (0o444 if ro else 0o644)
             a.st_nlink = 1 if node.linked or node.kind is Kind.REV else 0
-            a.st_size = node.ksize = self.core.size_of(node)
+            a.st_size = self.core.size_of(node)
         a.st_uid = self.uid
         a.st_gid = self.gid
         ns = int(node.mtime * 1e9)
@@ -147,7 +147,7 @@ class Operations(pyfuse3.Operations):
     # -- files -------------------------------------------------------------
 
     def _info(self, h: Handle) -> pyfuse3.FileInfo:
-        return pyfuse3.FileInfo(fh=h.fh, direct_io=h.direct_io, keep_cache=h.keep_cache)
+        return pyfuse3.FileInfo(fh=h.fh, direct_io=h.direct_io, keep_cache=not h.direct_io)
 
     @_fuse
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:

@@ -46,8 +46,8 @@ class Node:
 
     __slots__ = (
         "ino", "kind", "name", "parent", "children", "view", "key", "revision",
-        "size", "mtime", "ctime", "nlookup", "local", "linked", "render", "data", "cached",
-        "stream", "queue", "ksize",
+        "size", "mtime", "ctime", "nlookup", "local", "linked", "render", "data",
+        "stream", "queue",
     )
 
     def __init__(self, ino: int, kind: Kind, name: bytes, parent: Node | None) -> None:
@@ -68,9 +68,7 @@ class Node:
         self.linked = True  # still reachable from its parent
         self.render: Callable[[], bytes] | None = None  # CTRL content
         self.data: bytes | None = None  # REV content, CTRL snapshot
-        self.cached = 0  # the revision whose content the kernel's page cache may hold
         self.stream: Any = None  # hvfs.streams.StreamView for nodes of a stream
-        self.ksize = -1  # the size last reported to the kernel (it may cache it)
         self.queue: Any = None  # hvfs.queues.QueueView for a work-queue directory and its files
 
     def __repr__(self) -> str:
