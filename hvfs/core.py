@@ -76,6 +76,7 @@ class Handle:
     log: Any = None  # .log reading state
     msg_id: str = ""  # Nats-Msg-Id of a new stream message
     append: bool = False  # O_APPEND: every write goes to the end of *this* content
+    eager: bool = False  # a create without O_TRUNC (touch): the first close publishes it
     errors: list[str] = field(default_factory=list)
 
 
@@ -586,7 +587,7 @@ class Core(StreamOps):
         before writing, and that close must not publish an empty revision.
         """
         h = self.handle(fh)
-        if not h.dirty or h.pid in self.self_pids or not (h.wrote or final):
+        if not h.dirty or h.pid in self.self_pids or not (h.wrote or final or h.eager):
             return
         node = h.node
         if node.kind is Kind.PUB:
@@ -707,7 +708,12 @@ class Core(StreamOps):
         node.view, node.key, node.local = view, key, True
         self.tree.attach(parent, node)
         view.keys[key] = node
-        return self._new_fh(Handle(0, node, True, bytearray(), 0, dirty=True))
+        # Without O_TRUNC (touch, open(O_CREAT)) the create is published at the
+        # first close, so it is in NATS when close() returns; with O_TRUNC (a
+        # shell's '>', which dup2()s and closes before writing) it waits for a
+        # write or the last close, so the content is one revision.
+        return self._new_fh(Handle(0, node, True, bytearray(), 0, dirty=True,
+                                   eager=not flags & os.O_TRUNC))
 
     async def mkdir(self, parent_ino: int, name: bytes, pid: int = 0) -> Node:
         if pid in self.self_pids:

@@ -80,7 +80,9 @@ def test_rm_deletes_message(mnt, raw, stream):
     f = mnt.path("streams", name, p, "x", str(seq))
     wait_for(f.exists, what="message")
     os.unlink(f)
-    with pytest.raises(Exception):
+    import nats.js.errors
+
+    with pytest.raises(nats.js.errors.NotFoundError):
         raw.run(raw.js.get_msg(name, seq))
 
 
