@@ -61,7 +61,7 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--tlscert", help="TLS client certificate (env NATS_CERT)")
     m.add_argument("--tlskey", help="TLS client key (env NATS_KEY)")
     m.add_argument("--timeout", type=float, default=2.0, help="bound on every NATS call, seconds (default 2)")
-    m.add_argument("--config", help="mount config file (YAML): bindings of paths to buckets")
+    m.add_argument("--config", help="mount config file (YAML): paths bound to buckets and work queues (docs/queues.md)")
     m.add_argument("--store", help="store dir of the embedded nats-server (default ~/.local/share/hvfs/nats)")
     m.add_argument("--read-only", action="store_true", help="refuse every write with EROFS")
     m.add_argument("--allow-other", action="store_true", default=None,
