@@ -87,6 +87,14 @@ def kvdir(mnt: Mount, bucket: str) -> Path:
     return mnt.path("kv", bucket)
 
 
+def seeded(mnt, raw, bucket: str, key: str, value: bytes) -> Path:
+    """Put ``key`` through the raw client; return the bucket dir once the mount shows it."""
+    d = kvdir(mnt, bucket)
+    raw.put(bucket, key, value)
+    wait_for((d / key).exists, what=key)
+    return d
+
+
 def xattr(path: Path, name: str) -> str:
     return os.getxattr(path, name).decode()
 
@@ -471,9 +479,7 @@ def test_remote_empty_value(mnt, raw, bucket):
 
 
 def test_truncate_shell_shrink_and_grow(mnt, raw, bucket):
-    d = kvdir(mnt, bucket)
-    raw.put(bucket, "f", b"0123456789")
-    wait_for((d / "f").exists, what="f")
+    d = seeded(mnt, raw, bucket, "f", b"0123456789")
     sh("truncate -s 4 f", cwd=d)
     assert [e.value for e in history(raw, bucket, "f")] == [b"0123456789", b"0123"]
     sh("truncate -s 8 f", cwd=d)
@@ -483,17 +489,13 @@ def test_truncate_shell_shrink_and_grow(mnt, raw, bucket):
 
 
 def test_truncate_path_is_one_revision(mnt, raw, bucket):
-    d = kvdir(mnt, bucket)
-    raw.put(bucket, "f", b"0123456789")
-    wait_for((d / "f").exists, what="f")
+    d = seeded(mnt, raw, bucket, "f", b"0123456789")
     os.truncate(d / "f", 3)
     assert [e.value for e in history(raw, bucket, "f")] == [b"0123456789", b"012"]
 
 
 def test_append_is_one_revision(mnt, raw, bucket):
-    d = kvdir(mnt, bucket)
-    raw.put(bucket, "log", b"line 1\n")
-    wait_for((d / "log").exists, what="log")
+    d = seeded(mnt, raw, bucket, "log", b"line 1\n")
     sh("echo 'line 2' >> log", cwd=d)
     sh("printf 'line 3\\n' >> log", cwd=d)
     h = history(raw, bucket, "log")
@@ -501,18 +503,14 @@ def test_append_is_one_revision(mnt, raw, bucket):
 
 
 def test_append_right_after_remote_put(mnt, raw, bucket):
-    d = kvdir(mnt, bucket)
-    raw.put(bucket, "log", b"a\n")
-    wait_for((d / "log").exists, what="log")
+    d = seeded(mnt, raw, bucket, "log", b"a\n")
     raw.put(bucket, "log", b"a\nremote b, longer\n")
     sh("echo c >> log", cwd=d)
     assert raw.value(bucket, "log") == b"a\nremote b, longer\nc\n"
 
 
 def test_pwrite_at_offset_is_one_revision(mnt, raw, bucket):
-    d = kvdir(mnt, bucket)
-    raw.put(bucket, "f", b"abcdefghij")
-    wait_for((d / "f").exists, what="f")
+    d = seeded(mnt, raw, bucket, "f", b"abcdefghij")
     fd = write_fd(d / "f", os.O_WRONLY)
     try:
         assert os.pwrite(fd, b"XY", 2) == 2
@@ -523,17 +521,13 @@ def test_pwrite_at_offset_is_one_revision(mnt, raw, bucket):
 
 
 def test_dd_notrunc_is_one_revision(mnt, raw, bucket):
-    d = kvdir(mnt, bucket)
-    raw.put(bucket, "f", b"abcdefghij")
-    wait_for((d / "f").exists, what="f")
+    d = seeded(mnt, raw, bucket, "f", b"abcdefghij")
     sh("printf 'QQQ' | dd of=f bs=1 seek=3 conv=notrunc status=none", cwd=d)
     assert [e.value for e in history(raw, bucket, "f")] == [b"abcdefghij", b"abcQQQghij"]
 
 
 def test_write_past_eof_zero_fills(mnt, raw, bucket):
-    d = kvdir(mnt, bucket)
-    raw.put(bucket, "f", b"abc")
-    wait_for((d / "f").exists, what="f")
+    d = seeded(mnt, raw, bucket, "f", b"abc")
     fd = write_fd(d / "f", os.O_RDWR)
     try:
         os.pwrite(fd, b"END", 8)
@@ -854,9 +848,7 @@ def test_rm_conflict_file_drops_it(mnt, raw, bucket):
 
 
 def test_write_racing_remote_updates_loses_nothing(mnt, raw, bucket):
-    d = kvdir(mnt, bucket)
-    raw.put(bucket, "f", b"start")
-    wait_for((d / "f").exists, what="f")
+    d = seeded(mnt, raw, bucket, "f", b"start")
     outcomes = []
     for i in range(8):
         barrier = threading.Barrier(2)
