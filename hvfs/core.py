@@ -209,6 +209,7 @@ class Core(StreamOps):
         task_status.started()
         while True:
             await trio.sleep(interval)
+            self._forget_gone_dirs()
             try:
                 await self.refresh_buckets()
                 await self.refresh_streams()
@@ -217,6 +218,11 @@ class Core(StreamOps):
             except Exception:
                 # A background task must not take the mount down with it.
                 log.exception("bucket poll failed")
+
+    def _forget_gone_dirs(self) -> None:
+        """Bookkeeping keyed by inode must not outlive the inode."""
+        for ino in [i for i in self.listed if i not in self.tree.nodes]:
+            del self.listed[ino]
 
     async def _discover_bucket(self, name: bytes) -> None:
         """A lookup of an unknown kv/NAME: one stream-info call, not a full listing."""
@@ -232,6 +238,7 @@ class Core(StreamOps):
         views = self.views.get(bucket, [])
         for v in [v for v in views if v.root is root]:
             views.remove(v)
+            self._synced.pop(id(v), None)
             for n in list(self.tree.walk(root))[1:]:
                 n.linked = False
                 self.tree.maybe_free(n)
