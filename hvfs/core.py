@@ -77,6 +77,8 @@ class Handle:
     msg_id: str = ""  # Nats-Msg-Id of a new stream message
     append: bool = False  # O_APPEND: every write goes to the end of *this* content
     eager: bool = False  # a create without O_TRUNC (touch): the first close publishes it
+    #: one publish at a time: a second flush (a dup'd fd closed meanwhile) must see the new base
+    lock: trio.Lock = field(default_factory=trio.Lock)
     errors: list[str] = field(default_factory=list)
 
 
@@ -467,6 +469,10 @@ class Core(StreamOps):
         self.counters["opens"] += 1
         if node.kind is Kind.DIR:
             raise IsADirectory(f"{node.path()!r} is a directory")
+        if pid in self.self_pids:
+            # The notifier's own open: it only makes the kernel emit events
+            # (also on a --read-only mount: it changes nothing).
+            return self._new_fh(Handle(0, node, writable, b"", node.revision, pid=pid))
         if node.kind is Kind.CTRL:
             if writable:
                 raise NotPermitted(".hvfs files are read-only")
@@ -475,9 +481,6 @@ class Core(StreamOps):
             return self._new_fh(Handle(0, node, False, data, 0, direct_io=True))
         if writable and self.read_only:
             raise ReadOnly("mounted read-only")
-        if pid in self.self_pids:
-            # The notifier's own open: it only makes the kernel emit events.
-            return self._new_fh(Handle(0, node, writable, b"", node.revision, pid=pid))
         if node.kind in (Kind.MSG, Kind.LOG):
             return await self.stream_open(node, writable, self._new_fh)
         if node.kind is Kind.QMSG:
@@ -587,13 +590,17 @@ class Core(StreamOps):
         self.writers[h.node.ino] = h
 
     async def flush(self, fh: int, final: bool = False) -> None:
+        h = self.handle(fh)
+        async with h.lock:
+            await self._flush(h, final)
+
+    async def _flush(self, h: Handle, final: bool) -> None:
         """Publish what the handle wrote: one new revision, CAS on the revision seen at open.
 
         A create or O_TRUNC with nothing written yet is published only when
         ``final`` (fsync, last close): shells dup2() and close the opened fd
         before writing, and that close must not publish an empty revision.
         """
-        h = self.handle(fh)
         if not h.dirty or h.pid in self.self_pids or not (h.wrote or final or h.eager):
             return
         node = h.node

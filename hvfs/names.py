@@ -88,7 +88,8 @@ def decode_token(token: str) -> tuple[bytes, bool]:
         and len(raw) <= MAX_NAME
     ):
         return raw, True
-    return token.replace("/", "=2F").encode("ascii"), False
+    # Other clients may use any UTF-8 in keys and subjects: shown as its bytes.
+    return token.replace("/", "=2F").encode("utf-8", "surrogateescape"), False
 
 
 def is_valid_key(key: str) -> bool:

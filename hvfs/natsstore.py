@@ -277,6 +277,7 @@ class NatsStore:
             raise Timeout(f"no answer from NATS within {bound:.1f}s") from None
         finally:
             self._inflight.pop(task, None)
+            self._denied.pop(task, None)
 
     # -- buckets -----------------------------------------------------------
 
@@ -352,7 +353,8 @@ class NatsStore:
                 raise NotFound(f"{bucket}/{key}" + (f"@{revision}" if revision else "") + ": deleted")
             return KvEntry(bucket, key, msg.data or b"", int(msg.seq), _ts(msg.time))
 
-        return await self._call(f"get {bucket}/{key}", run(), subject="$JS.API.")
+        api_subject = ("$JS.API.DIRECT.GET." if self._direct.get(bucket) else "$JS.API.STREAM.MSG.GET.")
+        return await self._call(f"get {bucket}/{key}", run(), subject=f"{api_subject}KV_{bucket}")
 
     async def create(self, bucket: str, key: str, value: bytes) -> int:
         return await self._put(bucket, key, value, 0, create=True)
@@ -452,7 +454,8 @@ class NatsStore:
             return StreamMsg(stream, msg.subject or "", seq, msg.data or b"",
                              {k: str(v) for k, v in (msg.headers or {}).items()}, _ts(msg.time))
 
-        return await self._call(f"get {stream}#{seq}", run(), subject="$JS.API.")
+        api_subject = "$JS.API.DIRECT.GET." if direct else "$JS.API.STREAM.MSG.GET."
+        return await self._call(f"get {stream}#{seq}", run(), subject=f"{api_subject}{stream}")
 
     async def publish(self, subject: str, data: bytes, stream: str, msg_id: str) -> int:
         """Append one message; ``msg_id`` makes a retried publish a no-op."""
@@ -549,8 +552,10 @@ class _KvWatch:
         self._scheduled = False
         self._synced = False
         self._gen = 0
+        self.closed = False
 
     async def stop(self) -> None:
+        self.closed = True
         await self.store.stop_watch(self)
 
     def _emit(self, item: KvChange | str) -> None:
@@ -573,7 +578,12 @@ class _KvWatch:
         if more:
             with contextlib.suppress(trio.RunFinishedError):
                 self.token.run_sync_soon(self._deliver)
-        self.sink(items)  # type: ignore[arg-type]
+        try:
+            self.sink(items)  # type: ignore[arg-type]
+        except Exception:
+            # An exception in a run_sync_soon callback would end the trio run:
+            # one bad change must not take the mount down.
+            log.exception("watch %s: applying %d changes failed", self.bucket, len(items))
 
     #: what the consumer covers; a stream watch takes every subject from the start
     deliver_policy = api.DeliverPolicy.LAST_PER_SUBJECT
@@ -616,14 +626,22 @@ class _KvWatch:
         return f"KV_{self.bucket}"
 
     async def restart(self) -> None:
-        for attempt in range(20):
+        """After a reconnect: a fresh snapshot, retried (capped backoff) until it
+        works, the connection is gone, or the watch is stopped."""
+        attempt = 0
+        while not self.closed:
             try:
                 await self._stop()
                 await asyncio.wait_for(self.start(), max(self.store.timeout, 10.0))
                 return
-            except Exception as e:  # retried: the server may still be starting JetStream
-                log.warning("watch %s: restart failed (%s), attempt %d", self.bucket, e, attempt + 1)
-                await asyncio.sleep(0.5)
+            except Exception as e:  # the server may still be starting JetStream
+                attempt += 1
+                self.store.state.last_error = f"watch {self.bucket}: restart failed: {e}"
+                log.warning("watch %s: restart failed (%s), attempt %d", self.bucket, e, attempt)
+                nc = self.store._nc
+                if nc is None or nc.is_closed:
+                    return
+                await asyncio.sleep(min(0.5 * attempt, 5.0))
 
     async def _stop(self) -> None:
         self._gen += 1

@@ -140,6 +140,8 @@ class StreamView:
 
     def log_node(self, d: Node) -> Node:
         node = self.log_nodes.get(d.ino)
+        if node is not None and self.tree.get(node.ino) is not node:
+            node = None  # the kernel forgot it and the table let it go: a new one
         if node is None:
             node = self.tree.new(Kind.LOG, LOG_NAME, d)
             node.linked = False  # not listed

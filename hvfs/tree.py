@@ -362,6 +362,10 @@ class KvView:
             return None
         if revision is not None and revision <= node.revision:
             return None
+        if revision is not None and node.local and node.revision == 0:
+            # A file being created here: a delete elsewhere cannot refer to
+            # bytes never published (its create goes over the marker).
+            return None
         notify = notify and self.synced and key not in self.quiet
         del self.keys[key]
         parent = node.parent

@@ -1414,3 +1414,21 @@ def test_bucket_created_while_the_mount_polls_stays(fragile_mount, own_server):
     assert result["n_errors"] == 0, f"kv/x/k was not readable all the time: {result}"
     assert m.proc is not None and m.proc.poll() is None and not _leader_is_zombie(m.proc.pid), \
         f"the mount died: {m.log_text()[-1500:]}"
+
+
+def test_close_of_a_dup_while_writing_is_not_a_conflict(mnt, raw, bucket):
+    """Two flushes of one handle (a dup'd fd closed in another thread) publish in turn."""
+    import threading
+
+    d = kvdir(mnt, bucket)
+    for i in range(10):
+        p = d / f"f{i}"
+        fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        os.write(fd, b"part1\n")
+        fd2 = os.dup(fd)
+        t = threading.Thread(target=os.close, args=(fd2,))
+        t.start()
+        os.write(fd, b"part2\n")
+        os.close(fd)
+        t.join()
+        assert raw.value(bucket, f"f{i}") == b"part1\npart2\n"

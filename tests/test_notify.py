@@ -135,3 +135,49 @@ def test_ttl_expiry_is_a_delete(raw, mnt):
         assert "presence" not in os.listdir(d)
     finally:
         w.stop()
+
+
+def test_non_ascii_keys_and_subjects_do_not_hurt_the_mount(raw, mnt, bucket):
+    from .helpers import add_stream, publish
+
+    d = mnt.path("kv", bucket)
+    assert d.is_dir()
+    raw.run(raw.js.publish(f"$KV.{bucket}.café", b"foreign"))
+    wait_for(lambda: "café" in os.listdir(d), what="foreign UTF-8 key listed")
+    assert (d / "café").read_bytes() == b"foreign"
+    name = f"U{os.getpid()}"
+    add_stream(raw, name, ["u.>"])
+    try:
+        publish(raw, "u.naïve", b"x")
+        wait_for(lambda: "naïve" in os.listdir(mnt.path("streams", name, "u")), what="UTF-8 subject")
+    finally:
+        raw.run(raw.js.delete_stream(name))
+    assert b'"connected": true' in mnt.path(".hvfs", "status").read_bytes()
+
+
+def test_new_file_survives_a_remote_delete_of_its_key(raw, mnt, bucket):
+    d = mnt.path("kv", bucket)
+    assert d.is_dir()
+    fd = os.open(d / "newkey", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    os.write(fd, b"important bytes\n")
+    raw.delete(bucket, "newkey")  # a delete marker for a key never written
+    os.close(fd)
+    assert raw.value(bucket, "newkey") == b"important bytes\n"
+
+
+def test_read_only_mount_still_reports_remote_modifies(server, raw, bucket, tmp_path):
+    from .helpers import Mount
+
+    raw.put(bucket, "k", b"v1")
+    m = Mount(tmp_path / "ro", server.url, "--read-only").start()
+    try:
+        d = m.path("kv", bucket)
+        wait_for((d / "k").exists, what="k")
+        w = Inotify(d)
+        try:
+            raw.put(bucket, "k", b"v2, longer")
+            w.wait("MODIFY", d / "k")
+        finally:
+            w.stop()
+    finally:
+        m.stop()

@@ -156,3 +156,14 @@ def test_deny_delete_stream(mnt, raw):
         assert f.read_bytes() == b"forever"
     finally:
         raw.run(raw.js.delete_stream(name))
+
+
+def test_log_survives_the_kernel_forgetting_it(mnt, raw, stream):
+    name, p = stream
+    publish(raw, f"{p}.a", b"x\n")
+    d = mnt.path("streams", name, p, "a")
+    wait_for(lambda: d.exists() and os.listdir(d), what="message")
+    assert (d / ".log").read_bytes() == b"x\n"
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("2\n")
+    assert (d / ".log").read_bytes() == b"x\n"
