@@ -20,8 +20,6 @@ __all__ = [
     "decode_token",
     "encode_name",
     "is_valid_key",
-    "join_key",
-    "split_key",
 ]
 
 #: Inside a directory that is also a key (``a`` beside ``a.b``), the key's own
@@ -95,11 +93,3 @@ def decode_token(token: str) -> tuple[bytes, bool]:
 def is_valid_key(key: str) -> bool:
     """NATS KV key rule: allowed characters, no empty token."""
     return bool(_KEY_RE.match(key)) and not key.startswith(".") and not key.endswith(".") and ".." not in key
-
-
-def split_key(key: str) -> list[str]:
-    return key.split(".")
-
-
-def join_key(tokens: list[str]) -> str:
-    return ".".join(tokens)

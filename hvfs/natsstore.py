@@ -281,21 +281,26 @@ class NatsStore:
 
     # -- buckets -----------------------------------------------------------
 
+    async def _all_streams(self) -> list[Any]:
+        """Every stream's info, page by page (the server answers 256 at a time)."""
+        out: list[Any] = []
+        offset = 0
+        while True:
+            infos = await self._js.streams_info(offset=offset)
+            out.extend(infos)
+            if len(infos) < 256:
+                return out
+            offset += len(infos)
+
     async def buckets(self) -> list[BucketInfo]:
         async def run() -> list[BucketInfo]:
             out: list[BucketInfo] = []
-            offset = 0
-            while True:
-                infos = await self._js.streams_info(offset=offset)
-                for si in infos:
-                    name = si.config.name or ""
-                    if name.startswith("KV_"):
-                        bi = self._bucket_info(si)
-                        self._info[bi.name] = bi
-                        out.append(bi)
-                if len(infos) < 256:
-                    return out
-                offset += len(infos)
+            for si in await self._all_streams():
+                if (si.config.name or "").startswith("KV_"):
+                    bi = self._bucket_info(si)
+                    self._info[bi.name] = bi
+                    out.append(bi)
+            return out
 
         return await self._call("list buckets", run(), subject="$JS.API.STREAM.LIST")
 
@@ -420,17 +425,8 @@ class NatsStore:
         """Every stream that is not a KV or object-store bucket's own."""
 
         async def run() -> list[StreamInfo]:
-            out: list[StreamInfo] = []
-            offset = 0
-            while True:
-                infos = await self._js.streams_info(offset=offset)
-                for si in infos:
-                    name = si.config.name or ""
-                    if not name.startswith(("KV_", "OBJ_")):
-                        out.append(_stream_info(si))
-                if len(infos) < 256:
-                    return out
-                offset += len(infos)
+            return [_stream_info(si) for si in await self._all_streams()
+                    if not (si.config.name or "").startswith(("KV_", "OBJ_"))]
 
         return await self._call("list streams", run(), subject="$JS.API.STREAM.LIST")
 

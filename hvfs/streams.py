@@ -49,10 +49,6 @@ class StreamView:
 
     # -- subjects and names -------------------------------------------------------
 
-    def subject_of(self, d: Node, name: bytes | None = None) -> str:
-        """The subject a directory (or a new file's directory) stands for."""
-        return d.key
-
     def child_subject(self, parent: Node, name: bytes) -> str:
         tok = encode_name(name)
         return f"{parent.key}.{tok}" if parent.key else tok

@@ -74,10 +74,6 @@ class Node:
     def __repr__(self) -> str:
         return f"<Node {self.ino} {self.kind.value} {self.name!r} key={self.key!r} rev={self.revision}>"
 
-    @property
-    def is_dir(self) -> bool:
-        return self.kind is Kind.DIR
-
     def path(self) -> bytes:
         parts: list[bytes] = []
         n: Node | None = self
