@@ -56,6 +56,9 @@ _REV_RE = re.compile(rb"^(.+)@(\d+)$")
 _WRITE = os.O_WRONLY | os.O_RDWR
 #: What a connection carries at most by default; values are refused above it.
 DEFAULT_MAX_PAYLOAD = 1 << 20
+NAME_MAX = 255
+#: the longest a call waits for a last-close publish of its file (each NATS call is bounded)
+SETTLE_WAIT = 30.0
 XATTRS = (b"user.hvfs.bucket", b"user.hvfs.key", b"user.hvfs.revision")
 
 
@@ -67,19 +70,53 @@ class Handle:
     node: Node
     writable: bool
     data: bytearray | bytes
-    base: int  # the revision seen at open; 0: the key must not exist
-    dirty: bool = False  # differs from what NATS has (a create or truncate counts)
-    wrote: bool = False  # write()/ftruncate() happened since the last publish
-    pid: int = 0
+    base: int  # the revision this content came from (open, or the last publish); 0: none yet
+    dirty: bool = False  # differs from revision ``base`` (a write or truncate happened)
+    wrote: bool = False  # write()/ftruncate() happened since the last publish (O_TRUNC alone: not)
+    pid: int = 0  # the thread that opened it (FUSE's ctx.pid)
     direct_io: bool = False
-    refused: bool = False  # a write was refused (EFBIG): later writes are refused too
+    keep_cache: bool = False  # page-cache mode: the kernel's cached pages are this content
+    #: the error that ended this handle: once a publish failed or a write was
+    #: refused, every later write/fsync/close fails with it (nothing half-applied)
+    failed: HvfsError | None = None
     log: Any = None  # .log reading state
     msg_id: str = ""  # Nats-Msg-Id of a new stream message
     append: bool = False  # O_APPEND: every write goes to the end of *this* content
-    eager: bool = False  # a create without O_TRUNC (touch): the first close publishes it
+    created: bool = False  # this handle's open created the key (touch adds no heartbeat)
+    #: a page-cache handle whose size the kernel does not know yet: the FUSE
+    #: layer makes it ask again (reads are clipped at the kernel's size)
+    stale_size: bool = False
+    tgid: int = 0  # the opener's process id, resolved when first needed
     #: one publish at a time: a second flush (a dup'd fd closed meanwhile) must see the new base
     lock: trio.Lock = field(default_factory=trio.Lock)
     errors: list[str] = field(default_factory=list)
+
+
+def _spliced(data: bytes | bytearray, off: int, buf: bytes) -> bytes:
+    """``data`` with ``buf`` written at ``off`` (a gap zero-filled): what a write meant."""
+    out = bytearray(data)
+    if off > len(out):
+        out.extend(bytes(off - len(out)))
+    out[off:off + len(buf)] = buf
+    return bytes(out)
+
+
+def _tgid(tid: int) -> int:
+    """The process a thread belongs to (FUSE reports the calling thread's id)."""
+    try:
+        with open(f"/proc/{tid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Tgid:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return -tid  # gone: matches no live process
+
+
+def _check_name(name: bytes) -> None:
+    """No path component longer than NAME_MAX exists here, whatever the call."""
+    if len(name) > NAME_MAX:
+        raise NameTooLong(f"name of {len(name)} bytes; at most {NAME_MAX} bytes per name")
 
 
 def cas_header_bytes(bucket: str) -> int:
@@ -304,9 +341,10 @@ class Core(StreamOps):
                 node = seen[1]
                 self.tree.nodes.setdefault(node.ino, node)  # the kernel holds it until forget
                 return node
+        _check_name(name)
         parent = self.node(parent_ino)
         if parent.kind is not Kind.DIR:
-            raise NotADirectory(f"{parent.path()!r} is not a directory")
+            raise NotADirectory(f"{parent.path().decode(errors='replace')} is not a directory")
         assert parent.children is not None
         if name == b".":
             return parent
@@ -361,14 +399,20 @@ class Core(StreamOps):
             with trio.move_on_after(getattr(self.store, "timeout", 2.0)):
                 await ev.wait()
 
-    async def _revision_node(self, parent: Node, base: bytes, rev: int) -> Node:
-        """``FILE@REV``: a not-listed inode for one revision of FILE's key."""
+    def _key_of(self, parent: Node, base: bytes) -> str:
+        """The key of file ``base`` in ``parent`` (existing or to be), for ``FILE@REV``."""
         view = parent.view
         assert view is not None and parent.children is not None
         existing = parent.children.get(base)
         if existing is not None and existing.kind is Kind.DIR:
-            raise IsADirectory(f"{base!r} is a directory")
-        key = existing.key if existing is not None else view.key_for(parent, base)
+            raise IsADirectory(f"{self._display(existing)} is a directory")
+        return existing.key if existing is not None else view.key_for(parent, base)
+
+    async def _revision_node(self, parent: Node, base: bytes, rev: int) -> Node:
+        """``FILE@REV``: a not-listed inode for one revision of FILE's key."""
+        view = parent.view
+        assert view is not None
+        key = self._key_of(parent, base)
         node = self.tree.new(Kind.REV, base + b"@" + str(rev).encode(), parent)
         node.view, node.key, node.revision = view, key, rev
         node.linked = False  # never listed; freed on forget
@@ -390,7 +434,7 @@ class Core(StreamOps):
         if pid not in self.self_pids:
             self.listed[ino] = time.monotonic()
         if d.kind is not Kind.DIR:
-            raise NotADirectory(f"{d.path()!r} is not a directory")
+            raise NotADirectory(f"{d.path().decode(errors='replace')} is not a directory")
         if d is self.kv_dir:
             try:
                 await self.refresh_buckets()
@@ -431,6 +475,10 @@ class Core(StreamOps):
             return len(node.data or b"")
         if node.kind is Kind.LOG:
             return self.log_size(node)
+        if node.cached_open > 0:
+            # Readers share the page cache, clipped at the kernel's size: while
+            # one is open its content's size stands (docs/consistency.md).
+            return node.cached_size
         w = self.writers.get(node.ino)
         if w is not None and w.dirty:
             return len(w.data)
@@ -438,18 +486,37 @@ class Core(StreamOps):
 
     # -- open, read, write -----------------------------------------------------------
 
-    def _new_fh(self, h: Handle) -> Handle:
-        if h.node.kind is Kind.KV:
-            # A key's value changes under open handles; the page cache is the
-            # inode's, bounded by its current size. direct_io serves each
-            # handle its own content, fixed at open, whatever the kernel knows.
+    def _new_fh(self, h: Handle, cached: bool = False) -> Handle:
+        """Register ``h``. KV and FILE@REV handles use direct_io unless ``cached``.
+
+        A key's value changes under open handles, and the page cache is the
+        inode's, bounded by the size the kernel knows: direct_io serves each
+        handle its own content, fixed at open. ``cached`` handles (read-only,
+        see ``_page_cache_ok``) go through the page cache so that shared
+        read-only mappings work.
+        """
+        if h.node.kind in (Kind.KV, Kind.REV) and not cached:
             h.direct_io = True
         h.fh = self._next_fh
         self._next_fh += 1
         self.handles[h.fh] = h
+        if cached:
+            node = h.node
+            h.keep_cache = node.cached_rev == h.base
+            node.cached_rev, node.cached_size = h.base, len(h.data)
+            node.cached_open += 1
         if h.writable and h.dirty:
             self.writers[h.node.ino] = h
         return h
+
+    def _page_cache_ok(self, node: Node, revision: int) -> bool:
+        """May a read-only handle of ``revision`` share the inode's page cache?
+
+        Only if every other page-cache handle open on the inode holds the same
+        revision: pages are shared by all of them. (The kernel's size for the
+        inode must be this content's too: see ``Handle.stale_size``.)
+        """
+        return node.cached_open == 0 or node.cached_rev == revision
 
     def handle(self, fh: int) -> Handle:
         h = self.handles.get(fh)
@@ -460,6 +527,9 @@ class Core(StreamOps):
     async def open(self, ino: int, flags: int, pid: int = 0) -> Handle:
         h = await self._open(ino, flags, pid)
         h.append = bool(flags & os.O_APPEND) and h.writable
+        h.pid = pid
+        if h.writable and flags & os.O_TRUNC and h.node.kind is Kind.KV:
+            h.node.told = 0  # the kernel sets its size to 0 on an O_TRUNC open
         return h
 
     async def _open(self, ino: int, flags: int, pid: int = 0) -> Handle:
@@ -468,11 +538,12 @@ class Core(StreamOps):
         trunc = bool(flags & os.O_TRUNC)
         self.counters["opens"] += 1
         if node.kind is Kind.DIR:
-            raise IsADirectory(f"{node.path()!r} is a directory")
+            raise IsADirectory(f"{node.path().decode(errors='replace')} is a directory")
         if pid in self.self_pids:
             # The notifier's own open: it only makes the kernel emit events
             # (also on a --read-only mount: it changes nothing).
             return self._new_fh(Handle(0, node, writable, b"", node.revision, pid=pid))
+        await self._settled(node)
         if node.kind is Kind.CTRL:
             if writable:
                 raise NotPermitted(".hvfs files are read-only")
@@ -499,24 +570,24 @@ class Core(StreamOps):
                 raise Conflict(f"{view.bucket}/{node.key}: revision {node.revision} is not current "
                                f"(current: {current or 'none'})", current)
             buf = bytearray() if trunc else bytearray(node.data or b"")
-            return self._new_fh(Handle(0, node, True, buf, node.revision, dirty=trunc))
-        if node.local and node.revision == 0:
-            # Created through this mount, not yet published.
-            return self._new_fh(Handle(0, node, writable, bytearray(), 0, dirty=writable))
+            return self._new_fh(Handle(0, node, True, buf, node.revision, dirty=trunc and bool(node.data)))
         if writable and trunc and view.synced and node.linked and node.revision:
             # The old value is not read: the revision the mount knows is the one
             # this writer saw; a newer one makes the publish fail (ESTALE), never lost.
-            return self._new_fh(Handle(0, node, True, bytearray(), node.revision, dirty=True))
+            return self._new_fh(Handle(0, node, True, bytearray(), node.revision, dirty=node.size > 0))
         try:
             entry = await self.store.get(view.bucket, node.key)
         except NotFound:
             view.remove(node.key, None)
-            raise
+            raise NotFound(f"{self._display(node)}: the key is gone") from None
         view.put(node.key, entry.revision, len(entry.value), entry.time)
         if not writable:
-            return self._new_fh(Handle(0, node, False, entry.value, entry.revision))
+            cached = self._page_cache_ok(node, entry.revision)
+            h = self._new_fh(Handle(0, node, False, entry.value, entry.revision), cached=cached)
+            h.stale_size = cached and node.told != len(entry.value)
+            return h
         buf = bytearray() if trunc else bytearray(entry.value)
-        return self._new_fh(Handle(0, node, True, buf, entry.revision, dirty=trunc))
+        return self._new_fh(Handle(0, node, True, buf, entry.revision, dirty=trunc and bool(entry.value)))
 
     async def _current_revision(self, view: KvView, key: str) -> int:
         try:
@@ -541,14 +612,17 @@ class Core(StreamOps):
             limit = min(limit, bi.max_value_size)
         return limit - cas_header_bytes(view.bucket)
 
-    async def write(self, fh: int, off: int, buf: bytes) -> int:
-        h = self.handle(fh)
+    def _writable(self, h: Handle) -> None:
         if not h.writable:
             raise Invalid("file not open for writing")
+        if h.failed is not None:
+            raise type(h.failed)(f"{h.failed.reason} (this handle failed earlier; reopen to write again)")
+
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        h = self.handle(fh)
+        self._writable(h)
         if h.pid in self.self_pids:
             return len(buf)
-        if h.refused:
-            raise TooLarge("an earlier write on this handle was refused; the old value stays")
         assert isinstance(h.data, bytearray)
         if h.append:
             # The kernel's append offset comes from a size it may have cached
@@ -556,61 +630,111 @@ class Core(StreamOps):
             off = len(h.data)
         end = off + len(buf)
         if end > len(h.data):
-            await self._check_size(h, end)
+            await self._check_size(h, end, lambda: _spliced(h.data, off, buf))
             h.data.extend(bytes(end - len(h.data)))  # zero-fill any gap
         h.data[off:end] = buf
-        h.dirty = h.wrote = True
-        self.writers[h.node.ino] = h
+        self._changed(h)
+        h.node.told = max(h.node.told, end)  # the kernel grows its size past a write's end
         return len(buf)
 
-    async def _check_size(self, h: Handle, size: int) -> None:
-        """EFBIG before a value grows past what its bucket or stream takes; nothing of it lands."""
+    def _changed(self, h: Handle) -> None:
+        h.dirty = h.wrote = True
+        self.writers[h.node.ino] = h
+        h.node.mtime = h.node.ctime = time.time()
+
+    async def _check_size(self, h: Handle, size: int, intended: Callable[[], bytes]) -> None:
+        """EFBIG before a value grows past what its bucket or stream takes.
+
+        The handle is refused for good: nothing of it lands, and what it was
+        to hold is kept under .hvfs/conflicts/.
+        """
         if h.node.kind is Kind.PUB:
             limit, what = self.stream_limit(h.node), "stream's max message size"
         else:
             assert h.node.view is not None
             limit, what = await self.max_value_size(h.node.view), "bucket's max value size"
         if size > limit:
-            h.dirty = h.wrote = False  # the old value stays whole
-            h.refused = True
-            raise TooLarge(f"{h.node.key}: {size} bytes is over the {what} of {limit} bytes")
+            err = TooLarge(f"{self._display(h.node)}: {size} bytes is over the {what} of {limit} bytes")
+            self._fail(h, err, intended())
+            raise err
+
+    def _fail(self, h: Handle, err: HvfsError, data: bytes, current: int | None = None) -> None:
+        """End ``h`` with ``err``: its bytes go to .hvfs/conflicts/, later calls fail alike."""
+        h.dirty = h.wrote = False
+        if self.writers.get(h.node.ino) is h:
+            del self.writers[h.node.ino]
+        where = h.node.view.bucket if h.node.view is not None else getattr(h.node.stream, "name", "")
+        c = self.conflicts.add(where, h.node.key, h.base, current, errno_of(err), err.reason, data)
+        err.reason = f"{err.reason}; your bytes are in .hvfs/conflicts/{c.file}"
+        h.failed = err
 
     async def truncate_handle(self, h: Handle, size: int) -> None:
-        if not h.writable:
-            raise Invalid("file not open for writing")
+        self._writable(h)
         if h.pid in self.self_pids:
             return
         assert isinstance(h.data, bytearray)
         if size > len(h.data):
-            await self._check_size(h, size)
+            await self._check_size(h, size, lambda: bytes(h.data) + bytes(size - len(h.data)))
             h.data.extend(bytes(size - len(h.data)))
         else:
             del h.data[size:]
-        h.dirty = h.wrote = True
-        self.writers[h.node.ino] = h
+        self._changed(h)
 
     async def flush(self, fh: int, final: bool = False) -> None:
         h = self.handle(fh)
         async with h.lock:
             await self._flush(h, final)
 
-    async def _flush(self, h: Handle, final: bool) -> None:
-        """Publish what the handle wrote: one new revision, CAS on the revision seen at open.
+    async def release_flush(self, fh: int) -> None:
+        """The last close: publish what is left (an O_TRUNC with nothing written).
 
-        A create or O_TRUNC with nothing written yet is published only when
-        ``final`` (fsync, last close): shells dup2() and close the opened fd
+        The kernel sends this just after close() returned; it was queued
+        before any later request of the closing process, and this mount's
+        later calls on the file wait for it (``_settled``).
+        """
+        h = self.handles.get(fh)
+        if h is None or not h.dirty or h.failed is not None or h.pid in self.self_pids:
+            return
+        node = h.node
+        if node.kind is Kind.REV and node.view is not None:
+            node = node.view.keys.get(node.key, node)
+        ev = trio.Event()
+        node.settling = ev
+        try:
+            await self.flush(fh, final=True)
+        finally:
+            ev.set()
+            if node.settling is ev:
+                node.settling = None
+
+    async def _settled(self, node: Node) -> None:
+        """Wait for a last-close publish of ``node`` still in flight (bounded by its NATS call)."""
+        ev = node.settling
+        if ev is not None:
+            with trio.move_on_after(SETTLE_WAIT):
+                await ev.wait()
+
+    async def _flush(self, h: Handle, final: bool) -> None:
+        """Publish what the handle changed as one revision: CAS on the revision it last saw.
+
+        Every flush (each close() of a descriptor, fsync) publishes what was
+        written, so when close() returns it is in NATS. Only an O_TRUNC with
+        nothing written after it waits for a write or the last close
+        (``final``): a shell's ``echo x > f`` closes the descriptor it opened
         before writing, and that close must not publish an empty revision.
         """
-        if not h.dirty or h.pid in self.self_pids or not (h.wrote or final or h.eager):
+        if h.pid in self.self_pids:
+            return
+        if h.failed is not None and h.writable:
+            raise type(h.failed)(h.failed.reason)
+        if not h.dirty or not (h.wrote or final):
             return
         node = h.node
         if node.kind is Kind.PUB:
-            return await self.stream_flush(h, final)
+            await self.stream_flush(h, final)
+            return
         view = node.view
         assert view is not None and isinstance(h.data, bytearray)
-        if node.kind is Kind.KV and not node.linked and node.local:
-            h.dirty = False  # created and unlinked before any publish: nothing to keep
-            return
         data = bytes(h.data)
         h.dirty = h.wrote = False
         try:
@@ -625,23 +749,18 @@ class Core(StreamOps):
                 self.counters["conflicts"] += 1
                 if current is None:
                     current = await self._safe_current(view, node.key)
-            c = self.conflicts.add(view.bucket, node.key, h.base, current, errno_of(e), e.reason, data)
-            e.reason = f"{e.reason}; your bytes are in .hvfs/conflicts/{c.file}"
-            if node.local and node.revision == 0 and node.kind is Kind.KV and node.linked:
-                # A create that did not land: the placeholder goes.
-                view.keys.pop(node.key, None)
-                parent = node.parent
-                self.tree.detach(node)
-                if parent is not None:
-                    self.tree.notify(parent, node.name, node, "delete")
+            self._fail(h, e, data, current)
             raise
         self.counters["publishes"] += 1
         h.base = rev
-        newer = node.kind is Kind.KV and node.revision > rev
+        if self.writers.get(node.ino) is h:
+            del self.writers[node.ino]
+        target = view.keys.get(node.key, node) if node.kind is Kind.REV else node
+        newer = target.kind is Kind.KV and target.revision > rev
         view.put(node.key, rev, len(data), time.time(), notify=False)  # no-op if newer
-        if newer and node.parent is not None:
+        if newer and target.parent is not None:
             # Another writer's revision arrived while ours was in flight.
-            self.tree.notify(node.parent, node.name, node, "modify")
+            self.tree.notify(target.parent, target.name, target, "modify")
 
     @contextlib.contextmanager
     def _muted(self, view: KvView, key: str) -> Iterator[None]:
@@ -660,16 +779,24 @@ class Core(StreamOps):
 
     def release(self, fh: int) -> Handle | None:
         h = self.handles.pop(fh, None)
-        if h is not None and self.writers.get(h.node.ino) is h:
-            del self.writers[h.node.ino]
+        if h is not None:
+            if self.writers.get(h.node.ino) is h:
+                del self.writers[h.node.ino]
+            if not h.direct_io and h.node.kind is Kind.KV:
+                h.node.cached_open -= 1
         return h
+
+    @staticmethod
+    def _display(node: Node) -> str:
+        """A node's path in the mount, for reasons and logs."""
+        return node.path().decode(errors="replace")
 
     # -- create, mkdir, unlink, rmdir, rename ------------------------------------------
 
     def _kv_parent(self, parent_ino: int) -> tuple[Node, KvView]:
         parent = self.node(parent_ino)
         if parent.kind is not Kind.DIR:
-            raise NotADirectory(f"{parent.path()!r} is not a directory")
+            raise NotADirectory(f"{parent.path().decode(errors='replace')} is not a directory")
         if parent.view is None:
             raise NotPermitted(f"{parent.path().decode()}: only bucket directories hold files")
         if self.read_only:
@@ -684,59 +811,79 @@ class Core(StreamOps):
         return node
 
     async def create(self, parent_ino: int, name: bytes, flags: int, pid: int = 0) -> Handle:
+        """open(O_CREAT) of a name the kernel does not know.
+
+        A new key is created (empty) in NATS before this returns, so a file
+        exists for everyone once open() succeeds and a refused create fails
+        open() itself; the content follows at close like any write.
+        """
         if pid in self.self_pids:
             node = self._announced(parent_ino, name, Kind.KV)
             return self._new_fh(Handle(0, node, True, b"", node.revision, pid=pid))
+        _check_name(name)
         sparent = self.node(parent_ino)
         if sparent.stream is not None:
             assert sparent.children is not None
             if name in sparent.children:
                 if flags & os.O_EXCL:
-                    raise Exists(f"{name!r} exists")
-                return await self.open(sparent.children[name].ino, flags)
-            return await self.stream_create(sparent, name, self._new_fh)
+                    raise Exists(f"{name.decode(errors='replace')} exists")
+                return await self.open(sparent.children[name].ino, flags, pid)
+            h = await self.stream_create(sparent, name, self._new_fh)
+            h.pid = pid
+            return h
         parent, view = self._kv_parent(parent_ino)
         assert parent.children is not None
         m = _REV_RE.match(name)
         if m and name not in parent.children:
-            # echo > FILE@REV where REV is not in the history (0: must not exist)
-            node = await self._revision_node(parent, m.group(1), int(m.group(2)))
-            return await self.open(node.ino, flags | os.O_WRONLY)
+            return await self._create_at_revision(parent, m.group(1), int(m.group(2)), flags, pid)
         existing = parent.children.get(name)
         if existing is not None:
             if flags & os.O_EXCL:
-                raise Exists(f"{name!r} exists")
-            return await self.open(existing.ino, flags)
-        if len(name) > 255:
-            raise NameTooLong("name longer than 255 bytes")
+                raise Exists(f"{self._display(existing)} exists")
+            return await self.open(existing.ino, flags, pid)
         key = view.key_for(parent, name)
-        if flags & os.O_EXCL:
-            # An atomic claim: exactly one creator in the whole fleet wins, now.
+        where = f"{self._display(parent)}/{name.decode(errors='replace')}"
+        try:
             with self._muted(view, key):
                 rev = await self.store.create(view.bucket, key, b"")
-            claimed = view.put(key, rev, 0, time.time(), notify=False)
-            if claimed is None:
-                raise InvalidName(f"{name!r} maps to key {key!r}, which cannot be shown here")
-            return self._new_fh(Handle(0, claimed, True, bytearray(), rev))
-        node = self.tree.new(Kind.KV, name, parent)
-        node.view, node.key, node.local = view, key, True
-        self.tree.attach(parent, node)
-        view.keys[key] = node
-        # Without O_TRUNC (touch, open(O_CREAT)) the create is published at the
-        # first close, so it is in NATS when close() returns; with O_TRUNC (a
-        # shell's '>', which dup2()s and closes before writing) it waits for a
-        # write or the last close, so the content is one revision.
-        return self._new_fh(Handle(0, node, True, bytearray(), 0, dirty=True,
-                                   eager=not flags & os.O_TRUNC))
+        except Exists:
+            if flags & os.O_EXCL:
+                raise Exists(f"{where} exists (key {view.bucket}/{key})") from None
+            # Created elsewhere a moment ago: open() opens that one, as on any filesystem.
+            found = await self._lookup_in_nats(parent, name)
+            if found is None:
+                raise
+            return await self.open(found.ino, flags, pid)
+        made = view.put(key, rev, 0, time.time(), notify=False)
+        if made is None or made.parent is not parent or made.name != name:
+            raise InvalidName(f"{where} maps to key {key!r}, whose name is taken here "
+                              f"({view.hidden.get(key, 'see docs/naming.md')})")
+        h = self._new_fh(Handle(0, made, True, bytearray(), rev, created=True))
+        h.pid = pid
+        return h
+
+    async def _create_at_revision(self, parent: Node, base: bytes, rev: int, flags: int, pid: int) -> Handle:
+        """``echo > FILE@REV`` where REV is not in FILE's history: the CAS is lost
+        (ESTALE), unless REV is 0 and FILE does not exist (create only)."""
+        view = parent.view
+        assert view is not None
+        key = self._key_of(parent, base)
+        current = await self._current_revision(view, key)
+        if current != rev:
+            raise Conflict(f"{view.bucket}/{key}: revision {rev} is not current "
+                           f"(current: {current or 'none'}); read the file again", current)
+        node = await self._revision_node(parent, base, rev)
+        return await self.open(node.ino, flags | os.O_WRONLY, pid)
 
     async def mkdir(self, parent_ino: int, name: bytes, pid: int = 0) -> Node:
         if pid in self.self_pids:
             return self._announced(parent_ino, name, Kind.DIR)
+        _check_name(name)
         parent = self.node(parent_ino)
         if parent.stream is not None:
             assert parent.children is not None
             if name in parent.children:
-                raise Exists(f"{name!r} exists")
+                raise Exists(f"{name.decode(errors='replace')} exists")
             return self.stream_mkdir(parent, name)
         if parent is self.kv_dir and not self.read_only:
             bucket = name.decode(errors="replace")
@@ -752,9 +899,7 @@ class Core(StreamOps):
         parent, view = self._kv_parent(parent_ino)
         assert parent.children is not None
         if name in parent.children:
-            raise Exists(f"{name!r} exists")
-        if len(name) > 255:
-            raise NameTooLong("name longer than 255 bytes")
+            raise Exists(f"{self._display(parent.children[name])} exists")
         key = view.key_for(parent, name)
         node = self.tree.new(Kind.DIR, name, parent)
         node.view, node.key, node.local = view, key, True
@@ -764,6 +909,7 @@ class Core(StreamOps):
     async def unlink(self, parent_ino: int, name: bytes, pid: int = 0) -> None:
         if pid in self.self_pids:
             return  # the notifier announcing a delete already applied
+        _check_name(name)
         parent = self.node(parent_ino)
         assert parent.children is not None
         node = parent.children.get(name)
@@ -773,22 +919,22 @@ class Core(StreamOps):
             return
         if parent.queue is not None:
             if node is None:
-                raise NotFound(f"{name!r}: no such file")
+                raise NotFound(f"{name.decode(errors='replace')}: no such file")
             return await parent.queue.ack(self.store, node, self.read_only)
         if parent.stream is not None:
             if node is None:
-                raise NotFound(f"{name!r}: no such file")
+                raise NotFound(f"{name.decode(errors='replace')}: no such file")
             if node.kind is Kind.DIR:
-                raise IsADirectory(f"{name!r} is a directory")
+                raise IsADirectory(f"{name.decode(errors='replace')} is a directory")
             return await self.stream_unlink(node)
         parent, view = self._kv_parent(parent_ino)
         if node is None:
-            raise NotFound(f"{name!r}: no such file")
+            raise NotFound(f"{self._display(parent)}/{name.decode(errors='replace')}: no such file")
         if node.kind is Kind.DIR:
-            raise IsADirectory(f"{name!r} is a directory")
-        if not (node.local and node.revision == 0):
-            with self._muted(view, node.key):
-                await self.store.delete(view.bucket, node.key)
+            raise IsADirectory(f"{self._display(node)} is a directory")
+        await self._settled(node)
+        with self._muted(view, node.key):
+            await self.store.delete(view.bucket, node.key)
         view.keys.pop(node.key, None)
         self.tree.detach(node)
         self._keep_emptied(parent)
@@ -802,31 +948,33 @@ class Core(StreamOps):
     async def rmdir(self, parent_ino: int, name: bytes, pid: int = 0) -> None:
         if pid in self.self_pids:
             return
+        _check_name(name)
         sparent = self.node(parent_ino)
         if sparent.stream is not None:
             assert sparent.children is not None
             d = sparent.children.get(name)
             if d is None or d.kind is not Kind.DIR:
-                raise NotFound(f"{name!r}: no such directory")
+                raise NotFound(f"{name.decode(errors='replace')}: no such directory")
             if d.children:
-                raise NotEmpty(f"{name!r} is not empty")
+                raise NotEmpty(f"{name.decode(errors='replace')} is not empty")
             self.tree.detach(d)
             return
         parent, view = self._kv_parent(parent_ino)
         assert parent.children is not None
         node = parent.children.get(name)
         if node is None:
-            raise NotFound(f"{name!r}: no such directory")
+            raise NotFound(f"{name.decode(errors='replace')}: no such directory")
         if node.kind is not Kind.DIR:
-            raise NotADirectory(f"{name!r} is not a directory")
+            raise NotADirectory(f"{name.decode(errors='replace')} is not a directory")
         assert node.children is not None
         if node.children:
-            raise NotEmpty(f"{name!r} is not empty")
+            raise NotEmpty(f"{self._display(node)} is not empty")
         self.tree.detach(node)
         self._keep_emptied(parent)
 
     async def rename(self, old_ino: int, old: bytes, new_ino: int, new: bytes, flags: int) -> None:
         """Put the value under the new key, then delete the old key: never loses data."""
+        _check_name(new)
         if self.node(old_ino).stream is not None or self.node(new_ino).stream is not None:
             raise NotPermitted("stream messages cannot be renamed")
         src_parent, src_view = self._kv_parent(old_ino)
@@ -834,25 +982,31 @@ class Core(StreamOps):
         assert src_parent.children is not None and dst_parent.children is not None
         src = src_parent.children.get(old)
         if src is None:
-            raise NotFound(f"{old!r}: no such file")
-        if src.kind is Kind.DIR:
-            raise CrossDevice("directories move by copy (mv does this by itself)")
+            raise NotFound(f"{self._display(src_parent)}/{old.decode(errors='replace')}: no such file")
         if flags & 2:  # RENAME_EXCHANGE
             raise NotSupported("RENAME_EXCHANGE is not supported")
-        if src.local and src.revision == 0:
-            raise Busy(f"{old!r} is still being written")
         dst = dst_parent.children.get(new)
         if dst is src:
             return
-        if dst is not None and dst.kind is Kind.DIR:
-            raise IsADirectory(f"{new!r} is a directory")
         if dst is not None and flags & 1:  # RENAME_NOREPLACE
-            raise Exists(f"{new!r} exists")
+            raise Exists(f"{self._display(dst)} exists")
+        if src.kind is Kind.DIR:
+            if dst is not None and dst.kind is not Kind.DIR:
+                raise NotADirectory(f"{self._display(dst)} is not a directory")
+            if dst is not None and dst.children:
+                raise NotEmpty(f"{self._display(dst)} is not empty")
+            raise CrossDevice("NATS cannot rename a key prefix: directories move by copy "
+                              "(mv does this by itself)")
+        if dst is not None and dst.kind is Kind.DIR:
+            raise IsADirectory(f"{self._display(dst)} is a directory")
         dst_key = dst.key if dst is not None else dst_view.key_for(dst_parent, new)
+        await self._settled(src)
+        if dst is not None:
+            await self._settled(dst)
         entry = await self.store.get(src_view.bucket, src.key)
         with self._muted(dst_view, dst_key), self._muted(src_view, src.key):
             current = 0
-            if dst is not None and not (dst.local and dst.revision == 0):
+            if dst is not None:
                 current = await self._current_revision(dst_view, dst_key)
             if current:
                 rev = await self.store.update(dst_view.bucket, dst_key, entry.value, current)
@@ -880,6 +1034,7 @@ class Core(StreamOps):
         node = self.node(ino)
         if node.kind is not Kind.KV:
             raise NotPermitted("only files of keys can be truncated")
+        await self._settled(node)
         h = await self.open(ino, os.O_RDWR)
         try:
             await self.truncate_handle(h, size)
@@ -887,9 +1042,43 @@ class Core(StreamOps):
         finally:
             self.release(h.fh)
 
+    async def touch(self, ino: int, pid: int = 0) -> None:
+        """utimensat(UTIME_NOW): a new revision with the same value, a heartbeat
+        other mounts see. If the calling process holds a handle that created
+        the key or has unpublished changes, it adds nothing: that close publishes."""
+        node = self.node(ino)
+        if node.kind is not Kind.KV or node.view is None or pid in self.self_pids:
+            return
+        if any(h.created or h.dirty for h in self._handles_of(node, pid)):
+            return
+        if self.read_only:
+            raise ReadOnly("mounted read-only")
+        await self._settled(node)
+        view = node.view
+        try:
+            entry = await self.store.get(view.bucket, node.key)
+        except NotFound:
+            view.remove(node.key, None)
+            raise NotFound(f"{self._display(node)}: the key is gone") from None
+        try:
+            with self._muted(view, node.key):
+                rev = await self.store.update(view.bucket, node.key, entry.value, entry.revision)
+        except Conflict:
+            return  # another writer got in first: the key is as fresh as a touch would make it
+        view.put(node.key, rev, len(entry.value), time.time(), notify=False)
+
     # -- xattrs -------------------------------------------------------------------
 
-    async def xattrs(self, node: Node) -> dict[bytes, bytes]:
+    def xattr_names(self, node: Node) -> list[bytes]:
+        if node.stream is not None or node.queue is not None:
+            return []  # answered by their own providers (see xattrs)
+        if node.view is None:
+            return []
+        if node.kind in (Kind.KV, Kind.REV):
+            return list(XATTRS)
+        return [b"user.hvfs.bucket", b"user.hvfs.key"]
+
+    async def xattrs(self, node: Node, pid: int = 0) -> dict[bytes, bytes]:
         if node.stream is not None:
             return await self.stream_xattrs(node)
         if node.queue is not None:
@@ -898,15 +1087,56 @@ class Core(StreamOps):
             return {}
         out = {b"user.hvfs.bucket": node.view.bucket.encode(), b"user.hvfs.key": node.key.encode()}
         if node.kind in (Kind.KV, Kind.REV):
-            out[b"user.hvfs.revision"] = str(node.revision).encode()
+            out[b"user.hvfs.revision"] = str(await self._revision_for(node, pid)).encode()
         return out
 
-    async def getxattr(self, ino: int, name: bytes) -> bytes:
+    async def _revision_for(self, node: Node, pid: int) -> int:
+        """``user.hvfs.revision``: in a process holding the file open, the revision of
+        the content its latest handle has; otherwise as fresh as open()."""
+        if node.kind is Kind.REV:
+            return node.revision
+        for h in self._handles_of(node, pid):
+            if h.base:
+                return h.base
+        view = node.view
+        assert view is not None
+        await self._settled(node)
+        try:
+            entry = await self.store.get(view.bucket, node.key)
+        except NotFound:
+            view.remove(node.key, None)
+            raise NotFound(f"{self._display(node)}: the key is gone") from None
+        view.put(node.key, entry.revision, len(entry.value), entry.time)
+        return entry.revision
+
+    def _handles_of(self, node: Node, pid: int) -> list[Handle]:
+        """The handles on ``node`` that the process of thread ``pid`` opened, newest first.
+
+        FUSE tells a request's thread, not its descriptor: fgetxattr and
+        futimens reach us as calls on the inode from a process.
+        """
+        mine = [h for h in self.handles.values()
+                if h.node is node and h.pid and h.pid not in self.self_pids]
+        if not mine or not pid:
+            return []
+        caller = _tgid(pid)
+        out = []
+        for h in sorted(mine, key=lambda h: h.fh, reverse=True):
+            if not h.tgid:
+                h.tgid = _tgid(h.pid)
+            if h.tgid == caller:
+                out.append(h)
+        return out
+
+    async def getxattr(self, ino: int, name: bytes, pid: int = 0) -> bytes:
         if not name.startswith(b"user."):
             # ENOTSUP, not ENODATA: ls and friends then stop asking for
             # ACLs and security labels on this filesystem.
             raise NotSupported(f"{name.decode(errors='replace')}: only user.hvfs.* attributes exist here")
-        attrs = await self.xattrs(self.node(ino))
+        node = self.node(ino)
+        if node.stream is None and node.queue is None and name not in self.xattr_names(node):
+            raise NoAttr(name.decode(errors="replace"))
+        attrs = await self.xattrs(node, pid)
         if name not in attrs:
             raise NoAttr(name.decode(errors="replace"))
         return attrs[name]

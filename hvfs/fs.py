@@ -13,13 +13,14 @@ import functools
 import logging
 import os
 import stat
+import time
 from collections.abc import Callable, Coroutine
 from typing import Any, ParamSpec, TypeVar
 
 import pyfuse3
 
 from .core import XATTRS, Core, Handle
-from .errors import HvfsError, errno_of
+from .errors import HvfsError, NotPermitted, errno_of
 from .tree import Kind, Node
 
 __all__ = ["Operations"]
@@ -30,6 +31,14 @@ R = TypeVar("R")
 
 _QUIET = {errno.ENOENT, errno.ENODATA, errno.EEXIST, errno.EOPNOTSUPP}
 _UNCACHED = (Kind.CTRL, Kind.REV, Kind.LOG, Kind.PUB)
+DIR_MODE = 0o755
+#: pyfuse3 does not pass the kernel's "now" flag on: a time this close to now is taken as UTIME_NOW
+_NOW_SLACK_NS = 1_000_000_000
+
+
+def _is_now(mtime_ns: int) -> bool:
+    """Tell ``touch`` (UTIME_NOW) from explicit times (``touch -d``, ``tar x``)."""
+    return abs(time.time_ns() - mtime_ns) <= _NOW_SLACK_NS
 
 
 def _fuse(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[Any, Any, R]]:
@@ -44,21 +53,25 @@ def _fuse(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[Any,
             if err not in _QUIET:
                 self = args[0]
                 assert isinstance(self, Operations)
-                self.core.errors.add(fn.__name__, _what(args), err, e.reason)
-                log.info("%s %s: %s (%s)", fn.__name__, _what(args), e.reason, errno.errorcode.get(err))
+                where = self.where(fn.__name__, args[1:])
+                self.core.errors.add(fn.__name__, where, err, e.reason)
+                log.info("%s %s: %s (%s)", fn.__name__, where, e.reason, errno.errorcode.get(err))
             raise pyfuse3.FUSEError(err) from None
         except Exception as e:
             self = args[0]
             assert isinstance(self, Operations)
-            log.exception("%s%r failed unexpectedly", fn.__name__, tuple(args[1:3]))
-            self.core.errors.add(fn.__name__, _what(args), errno.EIO, f"internal error: {type(e).__name__}: {e}")
+            where = self.where(fn.__name__, args[1:])
+            log.exception("%s %s failed unexpectedly", fn.__name__, where)
+            self.core.errors.add(fn.__name__, where, errno.EIO, f"internal error: {type(e).__name__}: {e}")
             raise pyfuse3.FUSEError(errno.EIO) from None
 
     return wrapper
 
 
-def _what(args: tuple[Any, ...]) -> str:
-    return " ".join(a.decode(errors="replace") if isinstance(a, bytes) else str(a) for a in args[1:3])
+#: handlers whose first argument is a file handle, not an inode
+_BY_FH = {"read", "write", "flush", "fsync", "release", "readdir"}
+#: handlers whose second argument is the name of an entry in the first
+_WITH_NAME = {"lookup", "create", "mkdir", "unlink", "rmdir", "rename", "symlink", "mknod"}
 
 
 class Operations(pyfuse3.Operations):
@@ -76,6 +89,24 @@ class Operations(pyfuse3.Operations):
         self._dirs: dict[int, list[tuple[bytes, Node]]] = {}
         self._next_dir = 1
 
+    def where(self, op: str, args: tuple[Any, ...]) -> str:
+        """The mount path a request is about, for .hvfs/errors and the log."""
+        try:
+            first = args[0] if args else None
+            if op in _BY_FH:
+                h = self.core.handles.get(first) if isinstance(first, int) else None
+                base = h.node.path() if h is not None else None
+            else:
+                n = self.core.tree.get(first) if isinstance(first, int) else None
+                base = n.path() if n is not None else None
+            if base is None:
+                return f"(gone: {op} {first})"
+            if op in _WITH_NAME and len(args) > 1 and isinstance(args[1], bytes):
+                base = base.rstrip(b"/") + b"/" + args[1]
+            return base.decode(errors="replace")
+        except Exception:  # a path for a message must never fail the request
+            return f"({op})"
+
     # -- attributes --------------------------------------------------------
 
     def attrs(self, node: Node) -> pyfuse3.EntryAttributes:
@@ -89,14 +120,15 @@ class Operations(pyfuse3.Operations):
         # Files whose size moves by itself (.log, .hvfs/*) are never cached.
         a.attr_timeout = 0 if node.kind in _UNCACHED else self.attr_timeout
         if node.kind is Kind.DIR:
-            a.st_mode = stat.S_IFDIR | 0o755
-            a.st_nlink = 2
+            a.st_mode = stat.S_IFDIR | DIR_MODE
+            assert node.children is not None
+            a.st_nlink = 2 + sum(1 for c in node.children.values() if c.kind is Kind.DIR)
             a.st_size = 0
         else:
-            ro = self.core.read_only or node.kind in (Kind.CTRL, Kind.MSG, Kind.LOG)
-            a.st_mode = stat.S_IFREG | (0o444 if ro else 0o644)
+            a.st_mode = stat.S_IFREG | self.file_mode(node)
             a.st_nlink = 1 if node.linked or node.kind is Kind.REV else 0
             a.st_size = self.core.size_of(node)
+            node.told = a.st_size  # what the kernel's size for the inode now is
         a.st_uid = self.uid
         a.st_gid = self.gid
         ns = int(node.mtime * 1e9)
@@ -105,6 +137,10 @@ class Operations(pyfuse3.Operations):
         a.st_blksize = 4096
         a.st_blocks = (a.st_size + 511) // 512
         return a
+
+    def file_mode(self, node: Node) -> int:
+        ro = self.core.read_only or node.kind in (Kind.CTRL, Kind.MSG, Kind.LOG)
+        return 0o444 if ro else 0o644
 
     def _entry(self, node: Node) -> pyfuse3.EntryAttributes:
         node.nlookup += 1
@@ -126,7 +162,8 @@ class Operations(pyfuse3.Operations):
 
     @_fuse
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
-        entries = await self.core.readdir(inode, ctx.pid)
+        d = self.core.node(inode)
+        entries = [(b".", d), (b"..", d.parent or d), *await self.core.readdir(inode, ctx.pid)]
         fh = self._next_dir
         self._next_dir += 1
         self._dirs[fh] = entries
@@ -139,7 +176,8 @@ class Operations(pyfuse3.Operations):
             name, node = entries[i]
             if not pyfuse3.readdir_reply(token, name, self.attrs(node), i + 1):
                 return
-            node.nlookup += 1
+            if i >= 2:  # the kernel takes no lookup reference for "." and ".."
+                node.nlookup += 1
 
     async def releasedir(self, fh: int) -> None:
         self._dirs.pop(fh, None)
@@ -147,11 +185,16 @@ class Operations(pyfuse3.Operations):
     # -- files -------------------------------------------------------------
 
     def _info(self, h: Handle) -> pyfuse3.FileInfo:
-        return pyfuse3.FileInfo(fh=h.fh, direct_io=h.direct_io, keep_cache=not h.direct_io)
+        keep = h.keep_cache if h.node.kind is Kind.KV else not h.direct_io
+        return pyfuse3.FileInfo(fh=h.fh, direct_io=h.direct_io, keep_cache=keep)
 
     @_fuse
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
-        return self._info(await self.core.open(inode, flags, ctx.pid))
+        h = await self.core.open(inode, flags, ctx.pid)
+        if h.stale_size:
+            # Only the attributes: no page locks, so safe inside a request.
+            pyfuse3.invalidate_inode(inode, attr_only=True)
+        return self._info(h)
 
     @_fuse
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
@@ -180,19 +223,30 @@ class Operations(pyfuse3.Operations):
         h = self.core.handles.get(fh)
         try:
             if h is not None and h.dirty:
-                await self.core.flush(fh, final=True)  # errors reach no caller: logged, bytes kept
+                await self.core.release_flush(fh)  # errors reach no caller: logged, bytes kept
         except HvfsError as e:
-            log.warning("release of %s: %s", h.node.path() if h else fh, e.reason)
+            log.warning("release of %s: %s", self.where("release", (fh,)), e.reason)
         finally:
             self.core.release(fh)
 
     @_fuse
     async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes, fields: pyfuse3.SetattrFields,
                       fh: int | None, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        node = self.core.node(inode)
+        if fields.update_mode and stat.S_IMODE(attr.st_mode) != self._mode_of(node):
+            raise NotPermitted(f"modes are not stored here: {self._mode_of(node):04o} is the only mode "
+                               f"(asked {stat.S_IMODE(attr.st_mode):04o})")
+        if (fields.update_uid and attr.st_uid != self.uid) or (fields.update_gid and attr.st_gid != self.gid):
+            raise NotPermitted(f"owners are not stored here: files belong to {self.uid}:{self.gid}")
         if fields.update_size:
             await self.core.set_size(inode, attr.st_size, fh)
-        # mode, owner and times are not stored in NATS: accepted, not kept.
+        if fields.update_mtime and _is_now(attr.st_mtime_ns):
+            await self.core.touch(inode, ctx.pid)
+        # Explicit times are accepted, not kept: a file's mtime is its revision's time.
         return self.attrs(self.core.node(inode))
+
+    def _mode_of(self, node: Node) -> int:
+        return DIR_MODE if node.kind is Kind.DIR else self.file_mode(node)
 
     # -- namespace -----------------------------------------------------------
 
@@ -200,6 +254,21 @@ class Operations(pyfuse3.Operations):
     async def mkdir(self, parent_inode: int, name: bytes, mode: int,
                     ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         return self._entry(await self.core.mkdir(parent_inode, name, ctx.pid))
+
+    @_fuse
+    async def link(self, inode: int, new_parent_inode: int, new_name: bytes,
+                   ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        raise NotPermitted("hard links do not exist here: a file is one key")
+
+    @_fuse
+    async def symlink(self, parent_inode: int, name: bytes, target: bytes,
+                      ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        raise NotPermitted("symbolic links do not exist here")
+
+    @_fuse
+    async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int,
+                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        raise NotPermitted("only regular files and directories exist here")
 
     @_fuse
     async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
@@ -218,11 +287,14 @@ class Operations(pyfuse3.Operations):
 
     @_fuse
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
-        return await self.core.getxattr(inode, name)
+        return await self.core.getxattr(inode, name, ctx.pid)
 
     @_fuse
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
-        have = await self.core.xattrs(self.core.node(inode))
+        node = self.core.node(inode)
+        if node.stream is None and node.queue is None:
+            return self.core.xattr_names(node)
+        have = await self.core.xattrs(node)
         return [n for n in XATTRS if n in have] + sorted(n for n in have if n not in XATTRS)
 
     async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext) -> None:

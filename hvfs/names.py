@@ -36,9 +36,9 @@ MAX_NAME = 255
 def encode_name(name: bytes) -> str:
     """Return the canonical key token for a file name."""
     if not name or name in (b".", b".."):
-        raise InvalidName(f"{name!r} is not a file name")
+        raise InvalidName(f"'{name.decode(errors='replace')}' is not a file name")
     if b"/" in name or b"\0" in name:
-        raise InvalidName(f"{name!r} contains '/' or NUL")
+        raise InvalidName(f"{name.decode(errors='replace')} contains '/' or NUL")
     out = bytearray()
     for b in name:
         if b in _SAFE:

@@ -197,7 +197,7 @@ class NatsStore:
             for task, subj in list(self._inflight.items()):
                 s = subj.lower()
                 if s and (s == subject or subject.startswith(s) or s.startswith(subject)):
-                    self._denied[task] = msg
+                    self._denied[task] = "publish to" if "publish" in msg.lower() else "subscribe to"
                     task.cancel()
         if self.state.connected:  # the first connect reports its own one-line reason
             log.warning("nats: %s", msg)
@@ -249,6 +249,8 @@ class NatsStore:
             raise
         try:
             return fut.result()
+        except NotFound:
+            raise  # an answer, not a failure of NATS: not counted as an error
         except HvfsError as e:
             self.state.errors += 1
             self.state.last_error = f"{what}: {e.reason}"
@@ -271,7 +273,8 @@ class NatsStore:
         except asyncio.CancelledError:
             denied = self._denied.pop(task, None)
             if denied is not None:
-                raise PermissionDenied(denied) from None
+                # The server's text comes lower-cased from nats-py: name the subject as sent.
+                raise PermissionDenied(f"NATS permissions violation: this user may not {denied} {subject}") from None
             raise
         except (TimeoutError, nats.errors.TimeoutError):
             raise Timeout(f"no answer from NATS within {bound:.1f}s") from None

@@ -47,7 +47,7 @@ class Node:
     __slots__ = (
         "ino", "kind", "name", "parent", "children", "view", "key", "revision",
         "size", "mtime", "ctime", "nlookup", "local", "linked", "render", "data",
-        "stream", "queue",
+        "stream", "queue", "told", "cached_rev", "cached_open", "cached_size", "settling",
     )
 
     def __init__(self, ino: int, kind: Kind, name: bytes, parent: Node | None) -> None:
@@ -70,6 +70,11 @@ class Node:
         self.data: bytes | None = None  # REV content, CTRL snapshot
         self.stream: Any = None  # hvfs.streams.StreamView for nodes of a stream
         self.queue: Any = None  # hvfs.queues.QueueView for a work-queue directory and its files
+        self.told = -1  # the size the kernel was last told (attribute replies), -1: unknown
+        self.cached_rev = 0  # the revision whose content the kernel's page cache may hold
+        self.cached_open = 0  # open handles that read through the page cache
+        self.cached_size = 0  # the size of their content (they all hold revision cached_rev)
+        self.settling: Any = None  # trio.Event while a last-close publish is in flight
 
     def __repr__(self) -> str:
         return f"<Node {self.ino} {self.kind.value} {self.name!r} key={self.key!r} rev={self.revision}>"
@@ -238,10 +243,10 @@ class KvView:
     def key_for(self, parent: Node, name: bytes) -> str:
         """The key a new file ``name`` in directory ``parent`` stands for."""
         if parent.kind is not Kind.DIR:
-            raise NotADirectory(f"{parent.path()!r} is not a directory")
+            raise NotADirectory(f"{parent.path().decode(errors='replace')} is not a directory")
         if name == VALUE_NAME:
             if not parent.key:
-                raise InvalidName(f"{VALUE_NAME!r} names the directory's own key; this directory has none")
+                raise InvalidName(f"{VALUE_NAME.decode()} names the directory's own key; this directory has none")
             return parent.key
         token = encode_name(name)
         key = f"{parent.key}.{token}" if parent.key else token
@@ -300,12 +305,12 @@ class KvView:
             # ``a`` beside ``a.b``: the key shows inside the directory.
             node.name = VALUE_NAME
             if VALUE_NAME in existing.children:  # type: ignore[operator]
-                self.hidden[key] = f"name {name!r} is taken"
+                self.hidden[key] = f"name {name.decode(errors='replace')} is taken"
                 self.tree.nodes.pop(node.ino, None)
                 return None
             parent = existing
         elif existing is not None:
-            self.hidden[key] = f"name {name!r} is taken by key {existing.key!r}"
+            self.hidden[key] = f"name {name.decode(errors='replace')} is taken by key {existing.key!r}"
             log.warning("key %s/%s hidden: name %r is taken by %r", self.bucket, key, name, existing.key)
             self.tree.nodes.pop(node.ino, None)
             return None

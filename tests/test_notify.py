@@ -1,5 +1,6 @@
 """Changes made elsewhere reach the kernel: listings, stat, cat and inotify."""
 
+import errno
 import json
 import os
 
@@ -155,14 +156,20 @@ def test_non_ascii_keys_and_subjects_do_not_hurt_the_mount(raw, mnt, bucket):
     assert b'"connected": true' in mnt.path(".hvfs", "status").read_bytes()
 
 
-def test_new_file_survives_a_remote_delete_of_its_key(raw, mnt, bucket):
+def test_new_file_deleted_elsewhere_before_close_keeps_its_bytes(raw, mnt, bucket):
     d = mnt.path("kv", bucket)
     assert d.is_dir()
     fd = os.open(d / "newkey", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    assert raw.value(bucket, "newkey") == b""  # open(O_CREAT) created the key
     os.write(fd, b"important bytes\n")
-    raw.delete(bucket, "newkey")  # a delete marker for a key never written
-    os.close(fd)
-    assert raw.value(bucket, "newkey") == b"important bytes\n"
+    raw.delete(bucket, "newkey")  # the delete is newer than what the handle saw
+    with pytest.raises(OSError) as ei:
+        os.close(fd)
+    assert ei.value.errno == errno.ESTALE
+    assert raw.value(bucket, "newkey") is None
+    index = mnt.path(".hvfs", "conflicts", "index").read_text()
+    [c] = [json.loads(line) for line in index.splitlines() if f'"{bucket}"' in line and '"newkey"' in line]
+    assert mnt.path(".hvfs", "conflicts", c["file"]).read_bytes() == b"important bytes\n"
 
 
 def test_read_only_mount_still_reports_remote_modifies(server, raw, bucket, tmp_path):

@@ -114,12 +114,12 @@ def test_oversized_message_is_refused(mnt, raw):
         d = mnt.path("streams", name, "big", "x")
         os.makedirs(d, exist_ok=True)
         fd = os.open(d / "m", os.O_WRONLY | os.O_CREAT)
-        try:
-            with pytest.raises(OSError) as e:
-                os.write(fd, b"z" * 200)
-            assert e.value.errno == errno.EFBIG
-        finally:
+        with pytest.raises(OSError) as e:
+            os.write(fd, b"z" * 200)
+        assert e.value.errno == errno.EFBIG
+        with pytest.raises(OSError) as e:  # the handle is refused for good
             os.close(fd)
+        assert e.value.errno == errno.EFBIG
         assert raw.run(raw.js.stream_info(name)).state.messages == 0
     finally:
         raw.run(raw.js.delete_stream(name))
