@@ -32,8 +32,8 @@ import trio  # noqa: E402
 
 from hvfs.config import Binding, ConnectOptions, MountConfig  # noqa: E402
 from hvfs.core import Core  # noqa: E402
-from hvfs.natsstore import NatsStore  # noqa: E402
 from hvfs.server import EmbeddedServer  # noqa: E402
+from hvfs.store.nats import NatsStore  # noqa: E402
 
 VALUE = b"v" * 100
 

@@ -16,7 +16,6 @@ import os
 import re
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import trio
@@ -43,12 +42,13 @@ from .errors import (
     TooLarge,
     errno_of,
 )
+from .handles import Handle
 from .queues import QueueView
 from .store import RESYNC, SYNCED, KvChange, Op, Store
 from .streamops import StreamOps
 from .tree import Kind, KvView, Node, SelfOps, Tree
 
-__all__ = ["Core", "Handle"]
+__all__ = ["Core"]
 
 log = logging.getLogger(__name__)
 
@@ -60,36 +60,6 @@ NAME_MAX = 255
 #: the longest a call waits for a last-close publish of its file (each NATS call is bounded)
 SETTLE_WAIT = 30.0
 XATTRS = (b"user.hvfs.bucket", b"user.hvfs.key", b"user.hvfs.revision")
-
-
-@dataclass(slots=True)
-class Handle:
-    """An open file: the content fixed at open, and what this handle wrote."""
-
-    fh: int
-    node: Node
-    writable: bool
-    data: bytearray | bytes
-    base: int  # the revision this content came from (open, or the last publish); 0: none yet
-    dirty: bool = False  # differs from revision ``base`` (a write or truncate happened)
-    wrote: bool = False  # write()/ftruncate() happened since the last publish (O_TRUNC alone: not)
-    pid: int = 0  # the thread that opened it (FUSE's ctx.pid)
-    direct_io: bool = False
-    keep_cache: bool = False  # page-cache mode: the kernel's cached pages are this content
-    #: the error that ended this handle: once a publish failed or a write was
-    #: refused, every later write/fsync/close fails with it (nothing half-applied)
-    failed: HvfsError | None = None
-    log: Any = None  # .log reading state
-    msg_id: str = ""  # Nats-Msg-Id of a new stream message
-    append: bool = False  # O_APPEND: every write goes to the end of *this* content
-    created: bool = False  # this handle's open created the key (touch adds no heartbeat)
-    #: a page-cache handle whose size the kernel does not know yet: the FUSE
-    #: layer makes it ask again (reads are clipped at the kernel's size)
-    stale_size: bool = False
-    tgid: int = 0  # the opener's process id, resolved when first needed
-    #: one publish at a time: a second flush (a dup'd fd closed meanwhile) must see the new base
-    lock: trio.Lock = field(default_factory=trio.Lock)
-    errors: list[str] = field(default_factory=list)
 
 
 def _spliced(data: bytes | bytearray, off: int, buf: bytes) -> bytes:
@@ -179,13 +149,13 @@ class Core(StreamOps):
             except NotFound:
                 if not b.create:
                     raise
-                await self.store.create_bucket(b.kv)  # type: ignore[attr-defined]
+                await self.store.create_bucket(b.kv)
             root = self.tree.mkdirs(b.path)
             await self._add_view(KvView(self.tree, root, b.kv, b.prefix))
         for qb in self.config.queues:
             qv = QueueView(self.tree, self.tree.mkdirs(qb.path), qb)
             self.queues.append(qv)
-            qv.consumer = await self.store.queue(  # type: ignore[attr-defined]
+            qv.consumer = await self.store.queue(
                 qb.stream, qb.durable, qv.apply, create=qb.create, filter_subject=qb.filter_subject,
                 ack_wait=qb.ack_wait, max_held=qb.max_held)
         if self.kv_dir is not None:
@@ -211,7 +181,7 @@ class Core(StreamOps):
             if old is not None:
                 await old.stop()
             self._watches[bucket] = await self.store.watch(bucket, lambda items: self._on_watch(bucket, items))
-        with trio.move_on_after(max(5.0, getattr(self.store, "timeout", 2.0) * 5)):
+        with trio.move_on_after(max(5.0, self.store.timeout * 5)):
             await ev.wait()
 
     async def refresh_buckets(self) -> None:
@@ -286,9 +256,7 @@ class Core(StreamOps):
             w = self._watches.pop(bucket, None)
             if w is not None:
                 await w.stop()
-            forget = getattr(self.store, "forget_bucket", None)
-            if forget:
-                forget(bucket)
+            self.store.forget_bucket(bucket)
         parent = root.parent
         self.tree.detach(root)
         if parent is not None:
@@ -396,7 +364,7 @@ class Core(StreamOps):
             return
         ev = self._synced.get(id(view))
         if ev is not None:
-            with trio.move_on_after(getattr(self.store, "timeout", 2.0)):
+            with trio.move_on_after(self.store.timeout):
                 await ev.wait()
 
     def _key_of(self, parent: Node, base: bytes) -> str:
@@ -893,7 +861,7 @@ class Core(StreamOps):
             assert parent.children is not None
             if name in parent.children:
                 raise Exists(f"bucket {bucket} exists")
-            await self.store.create_bucket(bucket)  # type: ignore[attr-defined]
+            await self.store.create_bucket(bucket)
             await self.refresh_buckets()
             return parent.children[name]
         parent, view = self._kv_parent(parent_ino)

@@ -19,8 +19,9 @@ from typing import Any, ParamSpec, TypeVar
 
 import pyfuse3
 
-from .core import XATTRS, Core, Handle
+from .core import XATTRS, Core
 from .errors import HvfsError, NotPermitted, errno_of
+from .handles import Handle
 from .tree import Kind, Node
 
 __all__ = ["Operations"]

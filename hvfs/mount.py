@@ -22,9 +22,9 @@ from .config import ConnectOptions, MountConfig
 from .core import Core
 from .errors import HvfsError, Unavailable
 from .fs import Operations
-from .natsstore import NatsStore
 from .notifier import Notifier
 from .server import EmbeddedServer
+from .store.nats import NatsStore
 
 __all__ = ["MountOptions", "check_mountpoint", "run_mount"]
 
@@ -127,8 +127,7 @@ async def _serve(opts: MountOptions, ready: Callable[[], None] | None, state: di
         store = NatsStore(connect)
         stack.push_async_callback(store.close)
         await store.start()
-        max_payload = store._nc.max_payload if store._nc is not None else 1 << 20
-        core = Core(store, opts.config, read_only=opts.read_only, max_payload=max_payload)
+        core = Core(store, opts.config, read_only=opts.read_only, max_payload=store.max_payload)
         stack.push_async_callback(core.close)
         await core.start()
         if not opts.notify:

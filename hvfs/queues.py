@@ -13,7 +13,7 @@ from typing import Any
 
 from .config import QueueBinding
 from .errors import NotFound, NotPermitted, ReadOnly
-from .store import QueueGone, QueueMsg
+from .store import Queue, QueueGone, QueueMsg, Store
 from .tree import Kind, Node, Tree
 
 __all__ = ["QueueView"]
@@ -27,7 +27,7 @@ class QueueView:
         root.queue = self
         self.held: dict[int, Node] = {}
         self._meta: dict[int, QueueMsg] = {}
-        self.consumer: Any = None  # the store's queue handle
+        self.consumer: Queue | None = None  # the store's hold on the consumer
         self.acked = 0
         self.released = 0
 
@@ -56,13 +56,14 @@ class QueueView:
             if notify:
                 self.tree.notify(self.root, node.name, node, "delete")
 
-    async def ack(self, store: Any, node: Node, read_only: bool) -> None:
+    async def ack(self, store: Store, node: Node, read_only: bool) -> None:
         if read_only:
             raise ReadOnly("mounted read-only")
         if node.kind is not Kind.QMSG:
             raise NotPermitted("only deliveries can be removed from a queue directory")
         if node.revision not in self.held:
             raise NotFound("this delivery is no longer held (its ack wait ended)")
+        assert self.consumer is not None, "a queue directory exists once its consumer does"
         self._drop(node.revision, notify=False)
         await store.ack(self.consumer, node.revision)
         self.acked += 1

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import trio
 
@@ -23,13 +23,11 @@ from .errors import (
     ReadOnly,
     errno_of,
 )
+from .handles import Handle
 from .names import encode_name
-from .store import RESYNC, SYNCED, MsgSeen
+from .store import RESYNC, SYNCED, MsgSeen, Store
 from .streams import LOG_NAME, StreamView, locate
 from .tree import Kind, Node
-
-if TYPE_CHECKING:
-    from .core import Handle
 
 __all__ = ["StreamOps"]
 
@@ -44,7 +42,7 @@ class StreamOps:
 
     # provided by Core
     tree: Any
-    store: Any
+    store: Store
     read_only: bool
     max_payload: int
     self_pids: set[int]
@@ -155,7 +153,6 @@ class StreamOps:
     # -- open, read -------------------------------------------------------------------
 
     async def stream_open(self, node: Node, writable: bool, new_handle: Any) -> Handle:
-        from .core import Handle
 
         view: StreamView = node.stream
         if node.kind is Kind.MSG:
@@ -206,7 +203,6 @@ class StreamOps:
     # -- publish --------------------------------------------------------------------
 
     async def stream_create(self, parent: Node, name: bytes, new_handle: Any) -> Handle:
-        from .core import Handle
 
         view: StreamView = parent.stream
         if self.read_only:

@@ -12,7 +12,7 @@ import trio
 from hvfs.config import ConnectOptions
 from hvfs.core import Core
 from hvfs.errors import Conflict, Exists, NotFound, errno_of
-from hvfs.natsstore import NatsStore
+from hvfs.store.nats import NatsStore
 
 
 def run_core(url: str, fn: Callable[[Core, NatsStore], Awaitable[None]]) -> None:

@@ -1,7 +1,10 @@
 """The store interface: everything above it sees NATS only through this.
 
 All methods are trio-async, bounded in time, and raise only ``HvfsError``
-subclasses. The one implementation is ``hvfs.natsstore.NatsStore``.
+subclasses (``hvfs.errors``: NotFound, Exists, Conflict, PermissionDenied,
+TooLarge, Unavailable, Timeout, ...). Implementations: ``hvfs.store.nats``
+(the only module that imports nats-py) and ``hvfs.store.memory`` (an
+in-memory double, trusted because it passes the same contract suite).
 """
 
 from __future__ import annotations
@@ -9,9 +12,12 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
-__all__ = ["RESYNC", "SYNCED", "MsgSeen", "QueueGone", "QueueMsg", "StreamInfo", "StreamMsg", "BucketInfo", "KvChange", "KvEntry", "Op", "Store", "StoreState", "Watch"]
+__all__ = [
+    "RESYNC", "SYNCED", "BucketInfo", "KvChange", "KvEntry", "MsgSeen", "Op", "Queue", "QueueGone",
+    "QueueMsg", "Store", "StoreState", "StreamInfo", "StreamMsg", "Watch", "WatchSink",
+]
 
 
 #: Watch sink markers: a watch (re)starts its snapshot / the snapshot is complete.
@@ -108,12 +114,26 @@ class KvChange:
     time: float
 
 
-#: A watch sink gets a KvChange, or None once the initial snapshot is complete
-#: (again after every re-sync), always on the trio thread.
-WatchSink = Callable[[list["KvChange | None"]], None]
+#: What a watch hands the layer above, in batches, always on the trio thread:
+#: a KV watch gives KvChange items, a stream watch MsgSeen, a queue QueueMsg and
+#: QueueGone; KV and stream watches mark a (re)started snapshot with RESYNC and
+#: its end with SYNCED.
+WatchSink = Callable[[list[Any]], None]
 
 
 class Watch(Protocol):
+    """A running watch (KV bucket or stream): its sink gets changes until stopped."""
+
+    async def stop(self) -> None: ...
+
+
+class Queue(Protocol):
+    """This mount's hold on a durable consumer: deliveries reach its sink."""
+
+    stream: str
+    durable: str
+    ack_wait: float
+
     async def stop(self) -> None: ...
 
 
@@ -131,11 +151,35 @@ class StoreState:
 
 
 class Store(Protocol):
+    """Everything the filesystem asks of NATS. Every call is bounded by ``timeout``."""
+
     state: StoreState
+
+    @property
+    def timeout(self) -> float:
+        """The bound on one call, seconds; callers size their own waits from it."""
+        ...
+
+    @property
+    def max_payload(self) -> int:
+        """The largest message the server takes, headers included."""
+        ...
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    # -- KV buckets and keys
 
     async def buckets(self) -> list[BucketInfo]: ...
 
     async def bucket(self, name: str) -> BucketInfo: ...
+
+    async def create_bucket(self, name: str, history: int = 10) -> BucketInfo: ...
+
+    def forget_bucket(self, name: str) -> None:
+        """Drop what is cached about a bucket that is gone."""
+        ...
 
     async def get(self, bucket: str, key: str, revision: int | None = None) -> KvEntry: ...
 
@@ -146,3 +190,25 @@ class Store(Protocol):
     async def delete(self, bucket: str, key: str, last: int | None = None) -> None: ...
 
     async def watch(self, bucket: str, sink: WatchSink) -> Watch: ...
+
+    # -- streams
+
+    async def streams(self) -> list[StreamInfo]: ...
+
+    async def stream(self, name: str) -> StreamInfo: ...
+
+    async def get_msg(self, stream: str, seq: int, direct: bool = False) -> StreamMsg: ...
+
+    async def publish(self, subject: str, data: bytes, stream: str, msg_id: str) -> int: ...
+
+    async def delete_msg(self, stream: str, seq: int) -> None: ...
+
+    async def stream_watch(self, stream: str, sink: WatchSink) -> Watch: ...
+
+    # -- work queues (durable pull consumers)
+
+    async def queue(self, stream: str, durable: str, sink: WatchSink, *, create: bool = True,
+                    filter_subject: str | None = None, ack_wait: float = 30.0,
+                    max_held: int = 4) -> Queue: ...
+
+    async def ack(self, q: Queue, seq: int) -> None: ...

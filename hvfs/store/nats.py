@@ -25,8 +25,8 @@ import nats.js.errors
 import trio
 from nats.js import api
 
-from .config import ConnectOptions
-from .errors import (
+from ..config import ConnectOptions
+from ..errors import (
     Conflict,
     Exists,
     HvfsError,
@@ -38,7 +38,7 @@ from .errors import (
     TooLarge,
     Unavailable,
 )
-from .store import (
+from .base import (
     RESYNC,
     SYNCED,
     BucketInfo,
@@ -46,6 +46,7 @@ from .store import (
     KvEntry,
     MsgSeen,
     Op,
+    Queue,
     QueueGone,
     QueueMsg,
     StoreState,
@@ -89,7 +90,7 @@ def _ts(t: dt.datetime | None) -> float:
 
 
 class NatsStore:
-    """Store interface on a real NATS connection (see hvfs.store.Store)."""
+    """Store interface on a real NATS connection (see hvfs.store.base.Store)."""
 
     def __init__(self, opts: ConnectOptions) -> None:
         self.opts = opts
@@ -106,6 +107,10 @@ class NatsStore:
         self._queues: set[_Queue] = set()
         self._inflight: dict[asyncio.Task[Any], str] = {}
         self._denied: dict[asyncio.Task[Any], str] = {}
+
+    @property
+    def max_payload(self) -> int:
+        return int(self._nc.max_payload) if self._nc is not None else 1 << 20
 
     # -- lifecycle -------------------------------------------------------
 
@@ -512,7 +517,8 @@ class NatsStore:
         self._queues.add(q)
         return q
 
-    async def ack(self, q: _Queue, seq: int) -> None:
+    async def ack(self, q: Queue, seq: int) -> None:
+        assert isinstance(q, _Queue), "a queue of another store"
         await self._call(f"ack {q.stream}#{seq}", q.ack(seq), subject="$JS.ACK.")
 
     # -- watch -------------------------------------------------------------
