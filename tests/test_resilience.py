@@ -45,7 +45,12 @@ def test_server_down_then_back(own_server, outage_mount, tmp_path):
     with pytest.raises(OSError) as e:
         os.close(fd)
     assert e.value.errno in (errno.EIO, errno.ETIMEDOUT)
-    assert time.monotonic() - t0 < 8, "failures must be fast"
+    fresh = m.path("kv", "ops", "fresh")
+    with pytest.raises(OSError) as e:  # a create cannot land: open() says so, no file is left
+        os.open(fresh, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    assert e.value.errno in (errno.EIO, errno.ETIMEDOUT)
+    assert "fresh" not in os.listdir(m.path("kv", "ops"))
+    assert time.monotonic() - t0 < 10, "failures must be fast"
     assert is_mounted(m.mountpoint)
     assert b'"connected": false' in m.path(".hvfs", "status").read_bytes()
     # the bytes that could not land are kept
@@ -58,9 +63,11 @@ def test_server_down_then_back(own_server, outage_mount, tmp_path):
         wait_for(lambda: b'"connected": true' in m.path(".hvfs", "status").read_bytes(),
                  timeout=15, what="reconnect")
         p.write_bytes(b"v3")
+        fresh.write_bytes(b"created after the outage")
         raw = RawNats(again.url)
         try:
             assert raw.value("ops", "k") == b"v3"
+            assert raw.value("ops", "fresh") == b"created after the outage"
             raw.put("ops", "new", b"after")
             wait_for(lambda: m.path("kv", "ops", "new").exists(), timeout=10, what="watch resumed")
         finally:
