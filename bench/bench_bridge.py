@@ -4,7 +4,7 @@
 Times, against its own nats-server, in one process:
 
 * raw nats-py ``kv.get`` / ``kv.update`` on a plain asyncio loop (what bench_kv.py calls "raw"),
-* ``hvfs.natsstore.NatsStore.get`` / ``.update`` called from trio (the mount's path to NATS:
+* ``hvfs.store.nats.NatsStore.get`` / ``.update`` called from trio (the mount's path to NATS:
   run_coroutine_threadsafe onto the store's asyncio thread, woken back by TrioToken.run_sync_soon),
 * ``Core.open`` + ``Core.read`` + ``Core.release`` and ``Core.open(O_TRUNC)`` + ``write`` +
   ``flush`` + ``release`` (the mount's handlers minus the kernel),
@@ -31,9 +31,9 @@ import nats  # noqa: E402
 import trio  # noqa: E402
 
 from hvfs.config import Binding, ConnectOptions, MountConfig  # noqa: E402
-from hvfs.core import Core  # noqa: E402
 from hvfs.server import EmbeddedServer  # noqa: E402
 from hvfs.store.nats import NatsStore  # noqa: E402
+from hvfs.vfs.core import Core  # noqa: E402
 
 VALUE = b"v" * 100
 

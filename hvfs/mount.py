@@ -19,12 +19,12 @@ import pyfuse3
 import trio
 
 from .config import ConnectOptions, MountConfig
-from .core import Core
 from .errors import HvfsError, Unavailable
-from .fs import Operations
-from .notifier import Notifier
+from .fuse.notifier import Notifier
+from .fuse.ops import Operations
 from .server import EmbeddedServer
 from .store.nats import NatsStore
+from .vfs.core import Core
 
 __all__ = ["MountOptions", "check_mountpoint", "run_mount"]
 

@@ -10,9 +10,9 @@ import pytest
 import trio
 
 from hvfs.config import ConnectOptions
-from hvfs.core import Core
 from hvfs.errors import Conflict, Exists, NotFound, errno_of
 from hvfs.store.nats import NatsStore
+from hvfs.vfs.core import Core
 
 
 def run_core(url: str, fn: Callable[[Core, NatsStore], Awaitable[None]]) -> None:

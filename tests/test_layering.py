@@ -14,7 +14,7 @@ PKG = Path(__file__).resolve().parent.parent / "hvfs"
 #: the only modules that may import each dependency
 ALLOWED = {
     "nats": {"hvfs.store.nats"},
-    "pyfuse3": {"hvfs.fs", "hvfs.notifier", "hvfs.mount"},
+    "pyfuse3": {"hvfs.fuse.ops", "hvfs.fuse.notifier", "hvfs.mount"},
     "asyncio": {"hvfs.store.nats"},
 }
 

@@ -19,10 +19,10 @@ from typing import Any, ParamSpec, TypeVar
 
 import pyfuse3
 
-from .core import XATTRS, Core
-from .errors import HvfsError, NotPermitted, errno_of
-from .handles import Handle
-from .tree import Kind, Node
+from ..errors import HvfsError, NotPermitted, errno_of
+from ..vfs.core import XATTRS, Core
+from ..vfs.handles import Handle
+from ..vfs.tree import Kind, Node
 
 __all__ = ["Operations"]
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from .config import QueueBinding
-from .errors import NotFound, NotPermitted, ReadOnly
-from .store import Queue, QueueGone, QueueMsg, Store
+from ..config import QueueBinding
+from ..errors import NotFound, NotPermitted, ReadOnly
+from ..store import Queue, QueueGone, QueueMsg, Store
 from .tree import Kind, Node, Tree
 
 __all__ = ["QueueView"]

@@ -13,8 +13,8 @@ from __future__ import annotations
 import bisect
 import time
 
-from .names import decode_token, encode_name
-from .store import MsgSeen, StreamInfo
+from ..names import decode_token, encode_name
+from ..store import MsgSeen, StreamInfo
 from .tree import Kind, Node, Tree
 
 __all__ = ["LOG_NAME", "StreamView", "subject_matches"]

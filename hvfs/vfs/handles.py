@@ -7,7 +7,7 @@ from typing import Any
 
 import trio
 
-from .errors import HvfsError
+from ..errors import HvfsError
 from .tree import Node
 
 __all__ = ["Handle"]

@@ -15,7 +15,7 @@ from typing import Any
 
 import trio
 
-from .errors import (
+from ..errors import (
     HvfsError,
     Invalid,
     NotFound,
@@ -23,9 +23,9 @@ from .errors import (
     ReadOnly,
     errno_of,
 )
+from ..names import encode_name
+from ..store import RESYNC, SYNCED, MsgSeen, Store
 from .handles import Handle
-from .names import encode_name
-from .store import RESYNC, SYNCED, MsgSeen, Store
 from .streams import LOG_NAME, StreamView, locate
 from .tree import Kind, Node
 

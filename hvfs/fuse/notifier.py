@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import pyfuse3
 
-from .tree import Kind, Node, SelfOps
+from ..vfs.tree import Kind, Node, SelfOps
 
 __all__ = ["Notifier"]
 

@@ -20,9 +20,8 @@ from typing import Any
 
 import trio
 
-from .config import MountConfig
-from .control import Conflicts, ErrorLog, EventLog
-from .errors import (
+from ..config import MountConfig
+from ..errors import (
     Busy,
     Conflict,
     CrossDevice,
@@ -42,9 +41,10 @@ from .errors import (
     TooLarge,
     errno_of,
 )
+from ..store import RESYNC, SYNCED, KvChange, Op, Store
+from .control import Conflicts, ErrorLog, EventLog
 from .handles import Handle
 from .queues import QueueView
-from .store import RESYNC, SYNCED, KvChange, Op, Store
 from .streamops import StreamOps
 from .tree import Kind, KvView, Node, SelfOps, Tree
 

@@ -18,8 +18,8 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from .errors import InvalidName, NameTooLong, NotADirectory
-from .names import VALUE_NAME, decode_token, encode_name
+from ..errors import InvalidName, NameTooLong, NotADirectory
+from ..names import VALUE_NAME, decode_token, encode_name
 
 __all__ = ["Kind", "KvView", "Listener", "Node", "SelfOps", "Tree"]
 
