@@ -254,8 +254,8 @@ class NatsStore:
             raise
         try:
             return fut.result()
-        except NotFound:
-            raise  # an answer, not a failure of NATS: not counted as an error
+        except (NotFound, Exists, Conflict):
+            raise  # answers (no such key, lost CAS), not failures of NATS: not counted as errors
         except HvfsError as e:
             self.state.errors += 1
             self.state.last_error = f"{what}: {e.reason}"

@@ -1,0 +1,701 @@
+"""The store contract: one suite, run on MemoryStore and on NatsStore against a real nats-server.
+
+Where the two differ the real server is right and MemoryStore follows. Some
+cases pin what NatsStore answers today though another answer would be better
+(marked "today"): a change there changes MemoryStore and the case together.
+The memory store's own test switches are tried at the end.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+import trio
+
+from hvfs.config import ConnectOptions
+from hvfs.errors import (
+    Conflict,
+    Exists,
+    Invalid,
+    NotFound,
+    NotPermitted,
+    PermissionDenied,
+    Timeout,
+    TooLarge,
+    Unavailable,
+)
+from hvfs.store import RESYNC, SYNCED, BucketInfo, KvChange, MsgSeen, Op, QueueGone, QueueMsg, Store
+from hvfs.store.memory import MemoryStore, subject_matches
+from hvfs.store.nats import NatsStore
+
+from .helpers import RawNats, add_stream
+
+Body = Callable[[Store], Awaitable[None]]
+_names = itertools.count()
+
+
+def fresh(prefix: str) -> str:
+    """A bucket or stream name no other test (or earlier run on this server) uses."""
+    return f"{prefix}{os.getpid()}x{next(_names)}"
+
+
+def run(store: Store, body: Body) -> None:
+    async def main() -> None:
+        await store.start()
+        try:
+            await body(store)
+        finally:
+            await store.close()
+
+    trio.run(main)
+
+
+class Backend:
+    """A store under test, and how a test sets up what another client would make."""
+
+    kind = ""
+
+    def new(self) -> Store:
+        raise NotImplementedError
+
+    def run(self, body: Body) -> None:
+        run(self.new(), body)
+
+    def other(self, store: Store) -> Store:
+        """Another client of the same server (a second mount), not yet started."""
+        return self.new()
+
+    def add_bucket(self, store: Store, name: str, history: int = 10, max_value_size: int = -1) -> None:
+        raise NotImplementedError
+
+    def add_stream(self, store: Store, name: str, subjects: list[str], max_msg_size: int = -1,
+                   deny_delete: bool = False) -> None:
+        raise NotImplementedError
+
+
+class MemoryBackend(Backend):
+    kind = "memory"
+
+    def new(self) -> Store:
+        return MemoryStore()
+
+    def other(self, store: Store) -> Store:
+        assert isinstance(store, MemoryStore)
+        return store.peer()
+
+    def add_bucket(self, store: Store, name: str, history: int = 10, max_value_size: int = -1) -> None:
+        assert isinstance(store, MemoryStore)
+        store.add_bucket(name, history, max_value_size)
+
+    def add_stream(self, store: Store, name: str, subjects: list[str], max_msg_size: int = -1,
+                   deny_delete: bool = False) -> None:
+        assert isinstance(store, MemoryStore)
+        store.add_stream(name, subjects, max_msg_size, deny_delete)
+
+
+class NatsBackend(Backend):
+    kind = "nats"
+
+    def __init__(self, url: str, raw: RawNats) -> None:
+        self.url, self.raw = url, raw
+
+    def new(self) -> Store:
+        return NatsStore(ConnectOptions(servers=[self.url], timeout=2.0))
+
+    def add_bucket(self, store: Store, name: str, history: int = 10, max_value_size: int = -1) -> None:
+        self.raw.create_bucket(name, history=history, max_value_size=max_value_size)
+
+    def add_stream(self, store: Store, name: str, subjects: list[str], max_msg_size: int = -1,
+                   deny_delete: bool = False) -> None:
+        add_stream(self.raw, name, subjects, max_msg_size=max_msg_size, deny_delete=deny_delete)
+
+
+@pytest.fixture(params=["memory", "nats"])
+def backend(request: pytest.FixtureRequest) -> Backend:
+    if request.param == "nats":
+        return NatsBackend(request.getfixturevalue("server").url, request.getfixturevalue("raw"))
+    return MemoryBackend()
+
+
+class Sink:
+    """A watch sink that tests can wait on, with a trio deadline."""
+
+    def __init__(self) -> None:
+        self.items: list[Any] = []
+        self._changed = trio.Event()
+
+    def __call__(self, batch: list[Any]) -> None:
+        self.items.extend(batch)
+        self._changed.set()
+
+    async def wait(self, done: Callable[[list[Any]], bool], within: float = 5.0) -> list[Any]:
+        with trio.fail_after(within):
+            while not done(self.items):
+                self._changed = trio.Event()
+                await self._changed.wait()
+        return self.items
+
+    async def wait_len(self, n: int, within: float = 5.0) -> list[Any]:
+        return await self.wait(lambda items: len(items) >= n, within)
+
+    async def synced(self) -> list[Any]:
+        return await self.wait(lambda items: SYNCED in items)
+
+    async def quiet(self, n: int, seconds: float) -> bool:
+        """True if no more than ``n`` items arrive within ``seconds``."""
+        with trio.move_on_after(seconds):
+            await self.wait_len(n + 1, seconds + 1)
+            return False
+        return True
+
+    def take(self) -> list[Any]:
+        items, self.items = self.items, []
+        return items
+
+
+def changes(items: list[Any]) -> list[tuple[str, Op, int, int]]:
+    return [(c.key, c.op, c.revision, c.size) for c in items if isinstance(c, KvChange)]
+
+
+# -- KV keys -------------------------------------------------------------------
+
+
+def test_create_get_update_delete(backend: Backend) -> None:
+    async def body(store: Store) -> None:
+        b = fresh("kv")
+        await store.create_bucket(b)
+        r1 = await store.create(b, "a", b"one")
+        e = await store.get(b, "a")
+        assert (e.bucket, e.key, e.value, e.revision) == (b, "a", b"one", r1)
+        assert abs(e.time - time.time()) < 60
+        r2 = await store.create(b, "dir/b.c", b"two")
+        assert r2 == r1 + 1  # one sequence per bucket, not per key
+        r3 = await store.update(b, "a", b"uno", r1)
+        assert r3 == r2 + 1
+        assert (await store.get(b, "a")).value == b"uno"
+        assert (await store.get(b, "dir/b.c")).value == b"two"
+        assert (await store.get(b, "a", 0)).revision == r3  # revision 0: the latest
+        assert (await store.get(b, "empty", await store.create(b, "empty", b""))).value == b""
+        await store.delete(b, "a")
+        with pytest.raises(NotFound):
+            await store.get(b, "a")
+        with pytest.raises(NotFound):
+            await store.get(b, "never")
+        assert (await store.get(b, "a", r3)).value == b"uno"  # history keeps what was there
+        await store.delete(b, "never")  # a marker for a key that never was: no error
+
+    backend.run(body)
+
+
+def test_cas(backend: Backend) -> None:
+    async def body(store: Store) -> None:
+        b = fresh("cas")
+        await store.create_bucket(b)
+        assert await store.update(b, "f", b"x", 0) > 0  # last=0: "must not exist", like create
+        r1 = await store.create(b, "k", b"1")
+        with pytest.raises(Exists):
+            await store.create(b, "k", b"again")
+        r2 = await store.update(b, "k", b"2", r1)
+        with pytest.raises(Conflict):
+            await store.update(b, "k", b"stale", r1)
+        with pytest.raises(Conflict):
+            await store.update(b, "k", b"stale", 0)
+        with pytest.raises(Conflict):
+            await store.update(b, "missing", b"x", r2)
+        with pytest.raises(Conflict):
+            await store.delete(b, "k", r1)
+        await store.delete(b, "k", r2)
+        marker = r2 + 1
+        # A deleted key's current revision is its delete marker's.
+        with pytest.raises(Conflict):
+            await store.update(b, "k", b"x", r2)
+        with pytest.raises(Conflict):
+            await store.delete(b, "k", r2)
+        r3 = await store.update(b, "k", b"back", marker)
+        assert r3 == marker + 1 and (await store.get(b, "k")).value == b"back"
+        await store.delete(b, "k")
+        r4 = await store.create(b, "k", b"again")  # create over a delete marker works
+        assert (await store.get(b, "k")).revision == r4
+        assert store.state.errors == 0  # a lost CAS is an answer, not an error of NATS
+
+    backend.run(body)
+
+
+def test_history_and_revisions(backend: Backend) -> None:
+    async def body(store: Store) -> None:
+        b = fresh("hist")
+        await store.create_bucket(b, history=2)
+        r1 = await store.create(b, "k", b"1")
+        r2 = await store.update(b, "k", b"2", r1)
+        other = await store.create(b, "other", b"o")
+        r3 = await store.update(b, "k", b"3", r2)
+        assert (await store.get(b, "k", r2)).value == b"2"
+        assert (await store.get(b, "k", r3)).value == b"3"
+        for key, rev in (("k", r1), ("k", other), ("other", r3), ("k", r3 + 100)):
+            with pytest.raises(NotFound):  # gone (history 2), another key's, or never written
+                await store.get(b, key, rev)
+        await store.delete(b, "k")
+        with pytest.raises(NotFound):
+            await store.get(b, "k", r3 + 1)  # the delete marker is no value
+        with pytest.raises(NotFound):
+            await store.get(b, "k", r2)  # the marker pushed it out of the history
+        assert (await store.get(b, "k", r3)).value == b"3"
+
+    backend.run(body)
+
+
+def test_watch_snapshot_then_live(backend: Backend) -> None:
+    async def body(store: Store) -> None:
+        b = fresh("watch")
+        await store.create_bucket(b)
+        ra = await store.create(b, "a", b"AA")
+        rb = await store.create(b, "b", b"B")
+        rc = await store.create(b, "c", b"C")
+        await store.delete(b, "b", rb)
+        ra2 = await store.update(b, "a", b"AAA", ra)
+        sink = Sink()
+        w = await store.watch(b, sink)
+        items = list(await sink.synced())
+        sink.take()
+        assert items[0] == RESYNC and items[-1] == SYNCED and len(items) == 5
+        # The latest revision per key, in revision order; a deleted key is there as its marker.
+        assert changes(items) == [("c", Op.PUT, rc, 1), ("b", Op.DEL, rc + 1, 0), ("a", Op.PUT, ra2, 3)]
+        assert all(c.bucket == b and abs(c.time - time.time()) < 60 for c in items[1:-1])
+        rd = await store.create(b, "d", b"DDDD")
+        rd2 = await store.update(b, "d", b"D", rd)
+        await store.delete(b, "d")
+        await store.delete(b, "a", ra2)
+        live = await sink.wait_len(4)
+        assert changes(live) == [("d", Op.PUT, rd, 4), ("d", Op.PUT, rd2, 1), ("d", Op.DEL, rd2 + 1, 0),
+                                 ("a", Op.DEL, rd2 + 2, 0)]
+        await w.stop()
+        await store.create(b, "e", b"e")
+        barrier = Sink()  # a second watch that has seen "e" has seen everything before it
+        w2 = await store.watch(b, barrier)
+        assert ("e", Op.PUT) in [(k, op) for k, op, _, _ in changes(await barrier.synced())]
+        assert len(sink.items) == 4  # nothing after stop
+        await w2.stop()
+
+    backend.run(body)
+
+
+def test_watch_empty_and_missing_bucket(backend: Backend) -> None:
+    async def body(store: Store) -> None:
+        b = fresh("empty")
+        await store.create_bucket(b)
+        sink = Sink()
+        w = await store.watch(b, sink)
+        assert await sink.synced() == [RESYNC, SYNCED]
+        await store.create(b, "first", b"1")
+        assert changes(await sink.wait_len(3)) == [("first", Op.PUT, 1, 1)]
+        await w.stop()
+        missing = fresh("nobucket")
+        with pytest.raises(NotFound):
+            await store.watch(missing, Sink())
+        with pytest.raises(NotFound):
+            await store.get(missing, "k")
+        with pytest.raises(NotFound):
+            await store.bucket(missing)
+        # A publish no stream takes has no responder: Unavailable, not NotFound (today).
+        with pytest.raises(Unavailable):
+            await store.create(missing, "k", b"v")
+        with pytest.raises(Unavailable):
+            await store.delete(missing, "k")
+
+    backend.run(body)
+
+
+def test_watch_many_and_other_client(backend: Backend) -> None:
+    async def body(store: Store) -> None:
+        b = fresh("many")
+        await store.create_bucket(b, history=1)
+        for i in range(300):  # more than one batch
+            await store.create(b, f"k{i:03}", b"%d" % i)
+        sink = Sink()
+        await store.watch(b, sink)
+        items = list(await sink.synced())
+        assert [c[0] for c in changes(items)] == [f"k{i:03}" for i in range(300)]
+        sink.take()
+        other = backend.other(store)
+        await other.start()
+        try:
+            r = await other.update(b, "k007", b"\x00\xff", (await other.get(b, "k007")).revision)
+            assert changes(await sink.wait_len(1)) == [("k007", Op.PUT, r, 2)]
+            assert (await store.get(b, "k007")).value == b"\x00\xff"
+            with pytest.raises(NotFound):
+                await store.get(b, "k007", r - 1)  # history 1
+        finally:
+            await other.close()
+
+    backend.run(body)
+
+
+def test_buckets(backend: Backend) -> None:
+    async def body(store: Store) -> None:
+        b = fresh("list")
+        bi = await store.create_bucket(b, history=5)
+        assert bi == BucketInfo(b, -1, 5)
+        assert await store.bucket(b) == bi
+        assert bi in await store.buckets()
+        assert await store.create_bucket(b, history=5) == bi  # the same again: no error
+        with pytest.raises(Invalid):
+            await store.create_bucket(b, history=7)
+        with pytest.raises(Invalid):
+            await store.create_bucket(fresh("deep"), history=65)
+        store.forget_bucket(b)
+        assert await store.bucket(b) == bi
+        s = fresh("NOTKV")
+        backend.add_stream(store, s, [f"{s.lower()}.>"])
+        assert s not in [x.name for x in await store.buckets()]
+        names = [x.name for x in await store.streams()]
+        assert s in names and f"KV_{b}" not in names
+
+    backend.run(body)
+
+
+def test_too_large(backend: Backend) -> None:
+    async def body(store: Store) -> None:
+        b = fresh("small")
+        backend.add_bucket(store, b, max_value_size=200)
+        assert (await store.bucket(b)).max_value_size == 200
+        r = await store.create(b, "s", b"x" * 10)
+        errors = store.state.errors
+        with pytest.raises(TooLarge):
+            await store.create(b, "big", b"x" * 201)
+        # The server counts the headers too: ~90 bytes of them on a CAS write to this bucket.
+        with pytest.raises(TooLarge):
+            await store.create(b, "hdr", b"x" * 150)
+        with pytest.raises(TooLarge):
+            await store.update(b, "s", b"x" * 150, r)
+        assert store.state.errors == errors + 3
+        with pytest.raises(NotFound):
+            await store.get(b, "big")
+        big = fresh("big")
+        await store.create_bucket(big)
+        with pytest.raises(TooLarge):
+            await store.create(big, "huge", b"x" * (store.max_payload + 1))
+        assert await store.create(big, "fine", b"x" * 1000) > 0  # still connected, still working
+
+    backend.run(body)
+
+
+def test_state_counts_calls_not_answers(backend: Backend) -> None:
+    async def body(store: Store) -> None:
+        assert store.state.connected
+        b = fresh("state")
+        await store.create_bucket(b)
+        calls, errors = store.state.calls, store.state.errors
+        with pytest.raises(NotFound):
+            await store.get(b, "nothing")
+        assert (store.state.calls, store.state.errors) == (calls + 1, errors)  # NotFound is an answer
+        await store.create(b, "k", b"1")
+        with pytest.raises(Exists):
+            await store.create(b, "k", b"1")
+        assert (store.state.calls, store.state.errors) == (calls + 3, errors)  # so is Exists
+
+    backend.run(body)
+
+
+# -- streams ------------------------------------------------------------------------
+
+
+def test_stream_publish_get(backend: Backend) -> None:
+    async def body(store: Store) -> None:
+        s = fresh("S")
+        subj = s.lower()
+        backend.add_stream(store, s, [f"{subj}.one.*", f"{subj}.all.>"])
+        info = await store.stream(s)
+        assert (info.name, info.subjects, info.max_msg_size, info.deny_delete) == (
+            s, (f"{subj}.one.*", f"{subj}.all.>"), -1, False)
+        assert (info.first_seq, info.last_seq, info.direct) == (0, 0, False)
+        assert await store.publish(f"{subj}.one.x", b"one", s, "id1") == 1
+        assert await store.publish(f"{subj}.all.deep.er", b"two", s, "id2") == 2
+        for nobody in (f"{subj}.one.a.b", f"{subj}.all", f"{subj}.zz"):  # '*' one token, '>' one or more
+            with pytest.raises(Unavailable):  # no stream takes it: no responder
+                await store.publish(nobody, b"", s, "id3")
+        m = await store.get_msg(s, 1)
+        assert (m.stream, m.subject, m.seq, m.data) == (s, f"{subj}.one.x", 1, b"one")
+        assert m.headers["Nats-Msg-Id"] == "id1" and abs(m.time - time.time()) < 60
+        info = await store.stream(s)
+        assert (info.first_seq, info.last_seq) == (1, 2)
+        with pytest.raises(NotFound):
+            await store.get_msg(s, 3)
+        with pytest.raises(Invalid):
+            await store.get_msg(s, 0)
+        with pytest.raises(Unavailable):  # no direct gets on this stream: no responder
+            await store.get_msg(s, 1, direct=True)
+        missing = fresh("NOSTREAM")
+        with pytest.raises(NotFound):
+            await store.get_msg(missing, 1)
+        with pytest.raises(NotFound):
+            await store.stream(missing)
+        other = fresh("OTHER")
+        backend.add_stream(store, other, [f"{other.lower()}.>"])
+        with pytest.raises(Invalid):  # the subject is another stream's
+            await store.publish(f"{subj}.one.x", b"", other, "id4")
+        assert {s, other} <= {x.name for x in await store.streams()}
+
+    backend.run(body)
+
+
+def test_stream_dedupe_by_msg_id(backend: Backend) -> None:
+    async def body(store: Store) -> None:
+        s = fresh("DEDUP")
+        subj = s.lower()
+        backend.add_stream(store, s, [f"{subj}.>"])
+        seq = await store.publish(f"{subj}.a", b"first", s, "same")
+        assert await store.publish(f"{subj}.b", b"second", s, "same") == seq
+        assert await store.publish(f"{subj}.a", b"other", s, "another") == seq + 1
+        assert (await store.stream(s)).last_seq == seq + 1
+        assert (await store.get_msg(s, seq)).data == b"first"
+        await store.delete_msg(s, seq)
+        assert await store.publish(f"{subj}.a", b"third", s, "same") == seq  # remembered past delete
+
+    backend.run(body)
+
+
+def test_delete_msg(backend: Backend) -> None:
+    async def body(store: Store) -> None:
+        s = fresh("DEL")
+        subj = s.lower()
+        backend.add_stream(store, s, [f"{subj}.>"])
+        for i in range(3):
+            await store.publish(f"{subj}.m", b"%d" % i, s, f"m{i}")
+        await store.delete_msg(s, 2)
+        with pytest.raises(NotFound):
+            await store.get_msg(s, 2)
+        assert ((await store.stream(s)).first_seq, (await store.stream(s)).last_seq) == (1, 3)
+        # Deleting what is not there, today: a gap inside the stream is NotPermitted (the
+        # server answers 400), before the first or past the last message Invalid.
+        with pytest.raises(NotPermitted):
+            await store.delete_msg(s, 2)
+        await store.delete_msg(s, 1)
+        assert ((await store.stream(s)).first_seq, (await store.stream(s)).last_seq) == (3, 3)
+        for seq in (2, 0, 99):
+            with pytest.raises(Invalid):
+                await store.delete_msg(s, seq)
+        with pytest.raises(NotFound):
+            await store.delete_msg(fresh("NOSTREAM"), 1)
+        await store.delete_msg(s, 3)
+        assert ((await store.stream(s)).first_seq, (await store.stream(s)).last_seq) == (4, 3)
+        keep = fresh("KEEP")
+        backend.add_stream(store, keep, [f"{keep.lower()}.>"], deny_delete=True)
+        seq = await store.publish(f"{keep.lower()}.x", b"x", keep, "k1")
+        with pytest.raises(NotPermitted):
+            await store.delete_msg(keep, seq)
+        assert (await store.get_msg(keep, seq)).data == b"x"
+        b = fresh("kvdel")
+        await store.create_bucket(b)
+        r = await store.create(b, "k", b"v")
+        with pytest.raises(NotPermitted):  # a bucket's stream denies deletes
+            await store.delete_msg(f"KV_{b}", r)
+
+    backend.run(body)
+
+
+def test_stream_max_msg_size(backend: Backend) -> None:
+    async def body(store: Store) -> None:
+        s = fresh("SIZE")
+        subj = s.lower()
+        backend.add_stream(store, s, [f"{subj}.>"], max_msg_size=200)
+        assert (await store.stream(s)).max_msg_size == 200
+        assert await store.publish(f"{subj}.a", b"x" * 100, s, "a") == 1
+        with pytest.raises(TooLarge):  # 150 bytes and the headers (Nats-Msg-Id, stream) are over 200
+            await store.publish(f"{subj}.a", b"x" * 150, s, "b")
+
+    backend.run(body)
+
+
+def test_stream_watch(backend: Backend) -> None:
+    async def body(store: Store) -> None:
+        s = fresh("SW")
+        subj = s.lower()
+        backend.add_stream(store, s, [f"{subj}.>"])
+        for i, data in enumerate((b"a", b"bb", b"ccc")):
+            await store.publish(f"{subj}.{i}", data, s, f"w{i}")
+        await store.delete_msg(s, 2)
+        sink = Sink()
+        w = await store.stream_watch(s, sink)
+        items = list(await sink.synced())
+        assert items[0] == RESYNC and items[-1] == SYNCED
+        assert [(m.stream, m.subject, m.seq, m.size) for m in items[1:-1]] == [
+            (s, f"{subj}.0", 1, 1), (s, f"{subj}.2", 3, 3)]
+        assert all(isinstance(m, MsgSeen) and abs(m.time - time.time()) < 60 for m in items[1:-1])
+        await store.publish(f"{subj}.live", b"1234", s, "w9")
+        live = await sink.wait_len(len(items) + 1)
+        assert [(m.subject, m.seq, m.size) for m in live[len(items):]] == [(f"{subj}.live", 4, 4)]
+        await w.stop()
+        empty = fresh("SWE")
+        backend.add_stream(store, empty, [f"{empty.lower()}.>"])
+        sink2 = Sink()
+        w2 = await store.stream_watch(empty, sink2)
+        assert await sink2.synced() == [RESYNC, SYNCED]
+        await w2.stop()
+        with pytest.raises(NotFound):
+            await store.stream_watch(fresh("NOSTREAM"), Sink())
+
+    backend.run(body)
+
+
+# -- work queues ----------------------------------------------------------------------
+
+
+def test_queue_delivery_ack_max_held(backend: Backend) -> None:
+    async def body(store: Store) -> None:
+        s = fresh("Q")
+        subj = s.lower()
+        backend.add_stream(store, s, [f"{subj}.>"])
+        for i in range(3):
+            await store.publish(f"{subj}.{i % 2}", b"m%d" % i, s, f"q{i}")
+        sink = Sink()
+        q = await store.queue(s, "work", sink, max_held=2, ack_wait=30.0)
+        assert (q.stream, q.durable, q.ack_wait) == (s, "work", 30.0)
+        first = await sink.wait_len(2)
+        assert await sink.quiet(2, 0.3)  # max_held: no third until one is acked
+        assert [(m.seq, m.subject, m.data, m.deliveries) for m in first] == [
+            (1, f"{subj}.0", b"m0", 1), (2, f"{subj}.1", b"m1", 1)]
+        now = time.monotonic()
+        assert all(isinstance(m, QueueMsg) and now + 20 < m.expires < now + 28 for m in first)
+        await store.ack(q, 1)
+        third = (await sink.wait_len(3))[2]
+        assert (third.seq, third.data, third.deliveries) == (3, b"m2", 1)
+        with pytest.raises(NotFound):
+            await store.ack(q, 1)  # no longer held
+        with pytest.raises(NotFound):
+            await store.ack(q, 99)
+        await store.ack(q, 2)
+        await store.ack(q, 3)
+        await store.publish(f"{subj}.later", b"later", s, "q9")
+        later = (await sink.wait_len(4))[3]
+        assert (later.seq, later.data) == (4, b"later")
+
+    backend.run(body)
+
+
+def test_queue_let_go_and_redelivery(backend: Backend) -> None:
+    async def body(store: Store) -> None:
+        s = fresh("QR")
+        subj = s.lower()
+        backend.add_stream(store, s, [f"{subj}.>"])
+        await store.publish(f"{subj}.job", b"job", s, "j1")
+        await store.publish(f"{subj}.job", b"job2", s, "j2")
+        sink = Sink()
+        t0 = time.monotonic()
+        q = await store.queue(s, "slow", sink, ack_wait=1.0, max_held=1)
+        first = (await sink.wait_len(1))[0]
+        assert isinstance(first, QueueMsg) and first.expires < t0 + 1.0
+        items = await sink.wait_len(5, 6.0)
+        t = time.monotonic() - t0
+        # Let go margin (0.5 s) before the ack wait (1 s) ends; the server redelivers after it,
+        # so the next message comes first.
+        assert [(type(m).__name__, m.seq, getattr(m, "deliveries", 0)) for m in items] == [
+            ("QueueMsg", 1, 1), ("QueueGone", 1, 0), ("QueueMsg", 2, 1), ("QueueGone", 2, 0),
+            ("QueueMsg", 1, 2)]
+        assert items[1] == QueueGone(1) and 0.9 < t < 4.0
+        await store.ack(q, 1)
+
+    backend.run(body)
+
+
+def test_queue_existing_filter_missing(backend: Backend) -> None:
+    async def body(store: Store) -> None:
+        s = fresh("QF")
+        subj = s.lower()
+        backend.add_stream(store, s, [f"{subj}.>"])
+        with pytest.raises(NotFound):
+            await store.queue(s, "nobody", Sink(), create=False)
+        with pytest.raises(NotFound):
+            await store.queue(fresh("NOSTREAM"), "d", Sink())
+        for i in range(4):
+            await store.publish(f"{subj}.{i % 2}", b"%d" % i, s, f"f{i}")
+        sink = Sink()
+        await store.queue(s, "evens", sink, filter_subject=f"{subj}.0", ack_wait=5.0, max_held=10)
+        assert [m.seq for m in await sink.wait_len(2)] == [1, 3]
+        assert await sink.quiet(2, 0.2)
+        q2 = await store.queue(s, "evens", Sink(), create=False, ack_wait=60.0)
+        assert q2.ack_wait == 5.0  # the consumer's own config wins
+
+    backend.run(body)
+
+
+def test_queue_shared_by_two_mounts(backend: Backend) -> None:
+    async def body(store: Store) -> None:
+        s = fresh("QS")
+        subj = s.lower()
+        backend.add_stream(store, s, [f"{subj}.>"])
+        for i in range(4):
+            await store.publish(f"{subj}.x", b"%d" % i, s, f"s{i}")
+        other = backend.other(store)
+        await other.start()
+        try:
+            one, two = Sink(), Sink()
+            await store.queue(s, "shared", one, max_held=2)
+            await other.queue(s, "shared", two, max_held=2, create=False)
+            await one.wait_len(2)
+            await two.wait_len(2)
+            seqs = [m.seq for m in one.items + two.items]
+            assert sorted(seqs) == [1, 2, 3, 4]  # never the same message to both
+        finally:
+            await other.close()
+
+    backend.run(body)
+
+
+# -- MemoryStore's test switches -------------------------------------------------------
+
+
+def test_memory_outage_and_resync() -> None:
+    async def body(store: Store) -> None:
+        assert isinstance(store, MemoryStore)
+        await store.create_bucket("b")
+        await store.create("b", "k", b"1")
+        sink = Sink()
+        await store.watch("b", sink)
+        await sink.synced()
+        sink.take()
+        other = store.peer()
+        await other.start()
+        store.disconnect()
+        with pytest.raises(Unavailable):
+            await store.get("b", "k")
+        assert not store.state.connected and store.state.errors == 1
+        await other.create("b", "new", b"2")  # missed while away
+        store.reconnect()
+        items = await sink.synced()
+        assert items[0] == RESYNC and [c[0] for c in changes(items)] == ["k", "new"]
+        assert store.state.reconnects == 1 and (await store.get("b", "new")).value == b"2"
+        await other.close()
+
+    run(MemoryStore(), body)
+
+
+def test_memory_deny_and_fail_next() -> None:
+    async def body(store: Store) -> None:
+        assert isinstance(store, MemoryStore)
+        await store.create_bucket("b")
+        store.deny("$KV.b.>")
+        with pytest.raises(PermissionDenied):
+            await store.create("b", "k", b"1")
+        with pytest.raises(NotFound):
+            await store.get("b", "k")  # reads are another subject
+        store.denied.clear()
+        r = await store.create("b", "k", b"1")
+        store.fail_next(Timeout("slow"), "$KV.b.k")
+        await store.get("b", "k")  # not a matching subject
+        with pytest.raises(Timeout):
+            await store.update("b", "k", b"2", r)
+        assert await store.update("b", "k", b"2", r) == r + 1
+        assert store.state.timeouts == 1
+
+    run(MemoryStore(), body)
+
+
+def test_subject_matches() -> None:
+    assert subject_matches("a.*.c", "a.b.c") and not subject_matches("a.*.c", "a.b.b.c")
+    assert subject_matches("a.>", "a.b.c") and not subject_matches("a.>", "a")
+    assert subject_matches("a", "a") and not subject_matches("a", "a.b")
