@@ -533,6 +533,17 @@ class Core(StreamOps):
         if node.kind is Kind.REV:
             if not writable:
                 return self._new_fh(Handle(0, node, False, node.data or b"", node.revision))
+            if node.revision == 0:
+                # FILE@0: create only if absent, now, like any open(O_CREAT) of a new name.
+                try:
+                    with self._muted(view, node.key):
+                        rev = await self.store.create(view.bucket, node.key, b"")
+                except Exists:
+                    current = await self._safe_current(view, node.key)
+                    raise Conflict(f"{view.bucket}/{node.key} exists (revision {current or '?'}); "
+                                   "@0 creates only a key that does not exist", current) from None
+                view.put(node.key, rev, 0, time.time(), notify=False)
+                return self._new_fh(Handle(0, node, True, bytearray(), rev, created=True))
             current = await self._current_revision(view, node.key)
             if current != node.revision:
                 raise Conflict(f"{view.bucket}/{node.key}: revision {node.revision} is not current "
@@ -707,10 +718,7 @@ class Core(StreamOps):
         h.dirty = h.wrote = False
         try:
             with self._muted(view, node.key):
-                if h.base == 0:
-                    rev = await self.store.create(view.bucket, node.key, data)
-                else:
-                    rev = await self.store.update(view.bucket, node.key, data, h.base)
+                rev = await self.store.update(view.bucket, node.key, data, h.base)
         except HvfsError as e:
             current = e.current if isinstance(e, Conflict) else None
             if isinstance(e, Exists | Conflict):
@@ -942,6 +950,7 @@ class Core(StreamOps):
 
     async def rename(self, old_ino: int, old: bytes, new_ino: int, new: bytes, flags: int) -> None:
         """Put the value under the new key, then delete the old key: never loses data."""
+        _check_name(old)
         _check_name(new)
         if self.node(old_ino).stream is not None or self.node(new_ino).stream is not None:
             raise NotPermitted("stream messages cannot be renamed")
