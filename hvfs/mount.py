@@ -155,11 +155,10 @@ async def _serve(opts: MountOptions, ready: Callable[[], None] | None, state: di
         stack.callback(close_fuse)
         conn = fuse_connection(opts.mountpoint)
         if opts.notify:
-            notifier = Notifier(opts.mountpoint, core.self_pids, core.selfops, core.listed)
+            notifier = Notifier(opts.mountpoint, core.self_pids, core.selfops, core.listed, core.metrics)
             notifier.start()
             # stops before the unmount above; may abort a request it left pending
             stack.callback(notifier.stop, lambda: abort_fuse_connection(conn))
-            core.notifier = notifier
             core.tree.listeners.append(notifier.enqueue)
         async with trio.open_nursery() as nursery:
             if core.kv_dir is not None:

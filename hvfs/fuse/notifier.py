@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import pyfuse3
 
+from ..metrics import Metrics
 from ..vfs.tree import Kind, Node, SelfOps
 
 __all__ = ["Notifier"]
@@ -51,7 +52,7 @@ class _Item:
 
 class Notifier:
     def __init__(self, mountpoint: str, self_pids: set[int], selfops: SelfOps,
-                 listed: dict[int, float] | None = None) -> None:
+                 listed: dict[int, float] | None = None, metrics: Metrics | None = None) -> None:
         self.mountpoint = os.fsencode(mountpoint)
         self.self_pids = self_pids
         self.selfops = selfops
@@ -63,7 +64,12 @@ class Notifier:
         self._pending_modify: set[int] = set()
         self._thread = threading.Thread(target=self._run, name="hvfs-notifier", daemon=True)
         self._ready = threading.Event()
-        self.stats = {"queued": 0, "done": 0, "failed": 0, "coalesced": 0, "max_queue": 0}
+        m = self.metrics = metrics or Metrics()
+        for name, help in (("queued", "changes queued for the kernel"), ("done", "changes the kernel heard"),
+                           ("failed", "changes that could not be repeated"),
+                           ("coalesced", "modifies merged while behind"), ("max_queue", "longest queue seen")):
+            m.counter(f"notifier.{name}", help)
+        m.gauge("notifier.queue", self.queue_length, "changes waiting for the kernel")
         self.lag_ms: deque[float] = deque(maxlen=1000)
 
     # -- lifecycle (trio thread) -----------------------------------------------
@@ -92,7 +98,7 @@ class Notifier:
         if what == "modify":
             # A create or modify of this inode still queued announces this change too.
             if ino in self._pending_modify:
-                self.stats["coalesced"] += 1
+                self.metrics.inc("notifier.coalesced")
                 return
             self._pending_modify.add(ino)
         elif what == "create":
@@ -103,8 +109,8 @@ class Notifier:
         item = _Item(what, parent_ino, name, node, parent.path().rstrip(b"/") + b"/" + name, self._seq)
         with self._cv:
             self._q.append(item)
-            self.stats["queued"] += 1
-            self.stats["max_queue"] = max(self.stats["max_queue"], len(self._q))
+            self.metrics.inc("notifier.queued")
+            self.metrics.peak("notifier.max_queue", len(self._q))
             self._cv.notify()
 
     def queue_length(self) -> int:
@@ -126,14 +132,14 @@ class Notifier:
             self.selfops.current = (item.parent_ino, item.name, item.node, item.what)
             try:
                 self._apply(item)
-                self.stats["done"] += 1
+                self.metrics.inc("notifier.done")
             except OSError as e:
                 # The entry moved on meanwhile (deleted again, re-created): nothing to announce.
-                self.stats["failed"] += 1
+                self.metrics.inc("notifier.failed")
                 quiet = e.errno in (errno.ENOENT, errno.EEXIST, errno.ENOTDIR, errno.ENOTEMPTY, errno.EISDIR)
                 log.log(logging.DEBUG if quiet else logging.INFO, "notifier %s %r: %s", item.what, item.path, e)
             except Exception:
-                self.stats["failed"] += 1
+                self.metrics.inc("notifier.failed")
                 log.exception("notifier %s %r", item.what, item.path)
             finally:
                 self.selfops.current = None

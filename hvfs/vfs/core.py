@@ -41,6 +41,7 @@ from ..errors import (
     TooLarge,
     errno_of,
 )
+from ..metrics import Metrics
 from ..store import RESYNC, SYNCED, KvChange, Op, Store
 from .control import Conflicts, ErrorLog, EventLog
 from .handles import Handle
@@ -97,8 +98,9 @@ def cas_header_bytes(bucket: str) -> int:
 
 class Core(StreamOps):
     def __init__(self, store: Store, config: MountConfig | None = None, read_only: bool = False,
-                 max_payload: int = DEFAULT_MAX_PAYLOAD) -> None:
+                 max_payload: int = DEFAULT_MAX_PAYLOAD, metrics: Metrics | None = None) -> None:
         self.store = store
+        self.metrics = metrics or Metrics()
         self.config = config or MountConfig()
         self.read_only = read_only
         self.max_payload = max_payload
@@ -114,14 +116,12 @@ class Core(StreamOps):
         self._watches: dict[str, Any] = {}
         self._refresh_lock = trio.Lock()
         self.started = time.time()
-        self.counters: dict[str, int] = {"opens": 0, "reads": 0, "publishes": 0, "conflicts": 0,
-                                         "changes_seen": 0}
         self.self_pids: set[int] = set()  # threads whose requests touch nothing in NATS
         self.selfops = SelfOps()
         #: dir ino -> monotonic time of its last listing by anyone but the notifier
         self.listed: dict[int, float] = {}
-        self.notifier: Any = None  # hvfs.notifier.Notifier, set by the mount
         self.events = EventLog()
+        self._register_metrics()
         self.kv_dir: Node | None = self.tree.mkdirs("kv") if self.config.raw else None
         self.streams_dir: Node | None = self.tree.mkdirs("streams") if self.config.raw else None
         self._init_streams()
@@ -287,7 +287,7 @@ class Core(StreamOps):
                         ev.set()
             else:
                 assert isinstance(item, KvChange)
-                self.counters["changes_seen"] += 1
+                self.metrics.inc("vfs.changes_seen")
                 for v in views:
                     v.apply(item.key, item.op is not Op.PUT, item.revision, item.size, item.time)
                 self.events.add(item)
@@ -504,7 +504,7 @@ class Core(StreamOps):
         node = self.node(ino)
         writable = bool(flags & _WRITE)
         trunc = bool(flags & os.O_TRUNC)
-        self.counters["opens"] += 1
+        self.metrics.inc("vfs.opens")
         if node.kind is Kind.DIR:
             raise IsADirectory(f"{node.path().decode(errors='replace')} is a directory")
         if pid in self.self_pids:
@@ -576,7 +576,7 @@ class Core(StreamOps):
 
     async def read(self, fh: int, off: int, size: int) -> bytes:
         h = self.handle(fh)
-        self.counters["reads"] += 1
+        self.metrics.inc("vfs.reads")
         if h.log is not None:
             return await self.log_read(h, off, size)
         if h.node is self.events_node:
@@ -722,12 +722,12 @@ class Core(StreamOps):
         except HvfsError as e:
             current = e.current if isinstance(e, Conflict) else None
             if isinstance(e, Exists | Conflict):
-                self.counters["conflicts"] += 1
+                self.metrics.inc("vfs.conflicts")
                 if current is None:
                     current = await self._safe_current(view, node.key)
             self._fail(h, e, data, current)
             raise
-        self.counters["publishes"] += 1
+        self.metrics.inc("vfs.publishes")
         h.base = rev
         if self.writers.get(node.ino) is h:
             del self.writers[node.ino]
@@ -1120,8 +1120,30 @@ class Core(StreamOps):
 
     # -- status -------------------------------------------------------------------
 
-    def render_status(self) -> bytes:
+    def _register_metrics(self) -> None:
+        m = self.metrics
+        for name, help in (("opens", "files opened"), ("reads", "read requests"),
+                           ("publishes", "revisions and messages this mount published"),
+                           ("conflicts", "compare-and-swap writes that lost"),
+                           ("changes_seen", "changes the watches reported")):
+            m.counter(f"vfs.{name}", help)
         st = self.store.state
+        m.gauge("nats.connected", lambda: st.connected, "connected to NATS")
+        m.gauge("nats.calls", lambda: st.calls, "NATS calls made")
+        m.gauge("nats.errors", lambda: st.errors, "NATS calls that failed (answers such as no such key excluded)")
+        m.gauge("nats.timeouts", lambda: st.timeouts, "NATS calls that ran past --timeout")
+        m.gauge("nats.reconnects", lambda: st.reconnects, "reconnects to NATS")
+        m.gauge("vfs.keys", lambda: sum(len(v.keys) for vs in self.views.values() for v in vs), "keys shown")
+        m.gauge("vfs.inodes", lambda: len(self.tree.nodes), "inodes held")
+        m.gauge("vfs.open_handles", lambda: len(self.handles), "open files")
+        m.gauge("vfs.messages", lambda: sum(len(s.msgs) for s in self.streams.values()), "stream messages shown")
+        m.gauge("conflicts.held", lambda: len(self.conflicts.items), "conflict files kept")
+        m.gauge("conflicts.total", lambda: self.conflicts.total, "conflict files made")
+        m.gauge("errors.total", lambda: self.errors.total, "errors returned with a reason")
+
+    def render_status(self) -> bytes:
+        """``.hvfs/status``: read from the metrics registry, plus what the mount is."""
+        m, st = self.metrics, self.store.state
         doc = {
             "connected": st.connected,
             "server": st.server,
@@ -1129,19 +1151,21 @@ class Core(StreamOps):
             "uptime_s": round(time.time() - self.started, 1),
             "buckets": sorted(self.views),
             "streams": sorted(self.streams),
-            "messages": sum(len(s.msgs) for s in self.streams.values()),
+            "messages": m.value("vfs.messages"),
             "queues": {q.binding.path: {"held": len(q.held), "acked": q.acked, "released": q.released}
                        for q in self.queues},
-            "keys": sum(len(v.keys) for vs in self.views.values() for v in vs),
-            "inodes": len(self.tree.nodes),
-            "open_handles": len(self.handles),
-            "nats": {"calls": st.calls, "errors": st.errors, "timeouts": st.timeouts,
-                     "reconnects": st.reconnects, "last_error": st.last_error},
-            "counters": dict(self.counters),
-            "conflicts": {"held": len(self.conflicts.items), "total": self.conflicts.total},
-            "errors_total": self.errors.total,
+            "keys": m.value("vfs.keys"),
+            "inodes": m.value("vfs.inodes"),
+            "open_handles": m.value("vfs.open_handles"),
+            "nats": {k: m.value(f"nats.{k}") for k in ("calls", "errors", "timeouts", "reconnects")}
+            | {"last_error": st.last_error},
+            "counters": {k: m.value(f"vfs.{k}") for k in
+                         ("opens", "reads", "publishes", "conflicts", "changes_seen")},
+            "conflicts": {"held": m.value("conflicts.held"), "total": m.value("conflicts.total")},
+            "errors_total": m.value("errors.total"),
         }
-        if self.notifier is not None:
-            doc["notifier"] = dict(self.notifier.stats, queue=self.notifier.queue_length())
+        notifier = m.group("notifier")
+        if notifier:
+            doc["notifier"] = notifier
         return (json.dumps(doc, indent=2) + "\n").encode()
 

@@ -23,6 +23,7 @@ from ..errors import (
     ReadOnly,
     errno_of,
 )
+from ..metrics import Metrics
 from ..names import encode_name
 from ..store import RESYNC, SYNCED, MsgSeen, Store
 from .handles import Handle
@@ -47,7 +48,7 @@ class StreamOps:
     max_payload: int
     self_pids: set[int]
     conflicts: Any
-    counters: dict[str, int]
+    metrics: Metrics
     streams_dir: Node | None
 
     def _init_streams(self) -> None:
@@ -246,7 +247,7 @@ class StreamOps:
         h.dirty = h.wrote = False
         self._pub_seq += 1
         h.msg_id = f"hvfs-{self._mount_id}-{self._pub_seq}"  # later writes are another message
-        self.counters["publishes"] += 1
+        self.metrics.inc("vfs.publishes")
         parent = node.parent
         if node.linked and parent is not None:
             # The new file's name gives way to the message's sequence number.
