@@ -155,7 +155,7 @@ async def _serve(opts: MountOptions, ready: Callable[[], None] | None, state: di
         stack.callback(close_fuse)
         conn = fuse_connection(opts.mountpoint)
         if opts.notify:
-            notifier = Notifier(opts.mountpoint, core.self_pids, core.selfops, core.listed, core.metrics)
+            notifier = Notifier(opts.mountpoint, core.echo, core.listed, core.metrics)
             notifier.start()
             # stops before the unmount above; may abort a request it left pending
             stack.callback(notifier.stop, lambda: abort_fuse_connection(conn))

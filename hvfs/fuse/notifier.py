@@ -5,7 +5,7 @@ VFS; ``invalidate_*`` emit none. So this thread repeats each remote change
 through the mountpoint itself: create -> ``open(O_CREAT|O_EXCL)``, a new
 directory -> ``mkdir``, modify -> ``open(O_WRONLY)`` + ``ftruncate`` (same
 size), delete -> ``unlink``/``rmdir``. The handlers recognise this thread's
-requests (``Core.self_pids``) and touch nothing in NATS.
+requests (``hvfs.vfs.echo``) and touch nothing in NATS.
 
 Everything that talks to the kernel from outside a request runs here:
 calling ``invalidate_entry`` or a self-operation from the trio thread while a
@@ -27,7 +27,8 @@ from dataclasses import dataclass
 import pyfuse3
 
 from ..metrics import Metrics
-from ..vfs.tree import Kind, Node, SelfOps
+from ..vfs.echo import Echo
+from ..vfs.tree import Kind, Node
 
 __all__ = ["Notifier"]
 
@@ -51,11 +52,11 @@ class _Item:
 
 
 class Notifier:
-    def __init__(self, mountpoint: str, self_pids: set[int], selfops: SelfOps,
+    def __init__(self, mountpoint: str, echo: Echo,
                  listed: dict[int, float] | None = None, metrics: Metrics | None = None) -> None:
         self.mountpoint = os.fsencode(mountpoint)
-        self.self_pids = self_pids
-        self.selfops = selfops
+        self.echo = echo
+        self.selfops = echo.ops
         self.listed = listed if listed is not None else {}
         self._q: deque[_Item] = deque()
         self._cv = threading.Condition()
@@ -119,7 +120,7 @@ class Notifier:
     # -- the thread ---------------------------------------------------------------
 
     def _run(self) -> None:
-        self.self_pids.add(threading.get_native_id())
+        self.echo.pids.add(threading.get_native_id())
         self._ready.set()
         while True:
             with self._cv:

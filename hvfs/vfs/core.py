@@ -44,10 +44,11 @@ from ..errors import (
 from ..metrics import Metrics
 from ..store import RESYNC, SYNCED, KvChange, Op, Store
 from .control import Conflicts, ErrorLog, EventLog
+from .echo import Echo
 from .handles import Handle
 from .queues import QueueView
 from .streamops import StreamOps
-from .tree import Kind, KvView, Node, SelfOps, Tree
+from .tree import Kind, KvView, Node, Tree
 
 __all__ = ["Core"]
 
@@ -116,8 +117,7 @@ class Core(StreamOps):
         self._watches: dict[str, Any] = {}
         self._refresh_lock = trio.Lock()
         self.started = time.time()
-        self.self_pids: set[int] = set()  # threads whose requests touch nothing in NATS
-        self.selfops = SelfOps()
+        self.echo = Echo()  # the notifier's own requests (hvfs.vfs.echo)
         #: dir ino -> monotonic time of its last listing by anyone but the notifier
         self.listed: dict[int, float] = {}
         self.events = EventLog()
@@ -301,13 +301,10 @@ class Core(StreamOps):
         return n
 
     async def lookup(self, parent_ino: int, name: bytes, pid: int = 0) -> Node:
-        if pid in self.self_pids:
-            seen = self.selfops.lookup(parent_ino, name)
-            if seen is not None:
-                if seen[0] == "hide":
-                    raise NotFound("notifier: entry not announced yet")
-                node = seen[1]
-                self.tree.nodes.setdefault(node.ino, node)  # the kernel holds it until forget
+        echo = self.echo.owns(pid)
+        if echo:
+            node = self.echo.lookup(parent_ino, name, self.tree.nodes)
+            if node is not None:
                 return node
         _check_name(name)
         parent = self.node(parent_ino)
@@ -340,7 +337,7 @@ class Core(StreamOps):
         m = _REV_RE.match(name)
         if m and parent.view is not None:
             return await self._revision_node(parent, m.group(1), int(m.group(2)))
-        if parent.view is not None and pid not in self.self_pids:
+        if parent.view is not None and not echo:
             found = await self._lookup_in_nats(parent, name)
             if found is not None:
                 return found
@@ -399,7 +396,7 @@ class Core(StreamOps):
 
     async def readdir(self, ino: int, pid: int = 0) -> list[tuple[bytes, Node]]:
         d = self.node(ino)
-        if pid not in self.self_pids:
+        if not self.echo.owns(pid):
             self.listed[ino] = time.monotonic()
         if d.kind is not Kind.DIR:
             raise NotADirectory(f"{d.path().decode(errors='replace')} is not a directory")
@@ -507,10 +504,10 @@ class Core(StreamOps):
         self.metrics.inc("vfs.opens")
         if node.kind is Kind.DIR:
             raise IsADirectory(f"{node.path().decode(errors='replace')} is a directory")
-        if pid in self.self_pids:
+        if self.echo.owns(pid):
             # The notifier's own open: it only makes the kernel emit events
             # (also on a --read-only mount: it changes nothing).
-            return self._new_fh(Handle(0, node, writable, b"", node.revision, pid=pid))
+            return self._new_fh(Handle(0, node, writable, b"", node.revision, pid=pid, echo=True))
         await self._settled(node)
         if node.kind is Kind.CTRL:
             if writable:
@@ -600,7 +597,7 @@ class Core(StreamOps):
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         h = self.handle(fh)
         self._writable(h)
-        if h.pid in self.self_pids:
+        if h.echo:
             return len(buf)
         assert isinstance(h.data, bytearray)
         if h.append:
@@ -649,7 +646,7 @@ class Core(StreamOps):
 
     async def truncate_handle(self, h: Handle, size: int) -> None:
         self._writable(h)
-        if h.pid in self.self_pids:
+        if h.echo:
             return
         assert isinstance(h.data, bytearray)
         if size > len(h.data):
@@ -672,7 +669,7 @@ class Core(StreamOps):
         later calls on the file wait for it (``_settled``).
         """
         h = self.handles.get(fh)
-        if h is None or not h.dirty or h.failed is not None or h.pid in self.self_pids:
+        if h is None or not h.dirty or h.failed is not None or h.echo:
             return
         node = h.node
         if node.kind is Kind.REV and node.view is not None:
@@ -702,7 +699,7 @@ class Core(StreamOps):
         (``final``): a shell's ``echo x > f`` closes the descriptor it opened
         before writing, and that close must not publish an empty revision.
         """
-        if h.pid in self.self_pids:
+        if h.echo:
             return
         if h.failed is not None and h.writable:
             raise type(h.failed)(h.failed.reason)
@@ -779,13 +776,6 @@ class Core(StreamOps):
             raise ReadOnly("mounted read-only")
         return parent, parent.view
 
-    def _announced(self, parent_ino: int, name: bytes, kind: Kind) -> Node:
-        """The node a notifier create/mkdir announces; NotFound if it is gone already."""
-        node = self.selfops.announced(parent_ino, name, kind)
-        if node is None:
-            raise NotFound("notifier: entry is gone")
-        return node
-
     async def create(self, parent_ino: int, name: bytes, flags: int, pid: int = 0) -> Handle:
         """open(O_CREAT) of a name the kernel does not know.
 
@@ -793,9 +783,9 @@ class Core(StreamOps):
         exists for everyone once open() succeeds and a refused create fails
         open() itself; the content follows at close like any write.
         """
-        if pid in self.self_pids:
-            node = self._announced(parent_ino, name, Kind.KV)
-            return self._new_fh(Handle(0, node, True, b"", node.revision, pid=pid))
+        if self.echo.owns(pid):
+            node = self.echo.announced(parent_ino, name, Kind.KV)
+            return self._new_fh(Handle(0, node, True, b"", node.revision, pid=pid, echo=True))
         _check_name(name)
         sparent = self.node(parent_ino)
         if sparent.stream is not None:
@@ -852,8 +842,8 @@ class Core(StreamOps):
         return await self.open(node.ino, flags | os.O_WRONLY, pid)
 
     async def mkdir(self, parent_ino: int, name: bytes, pid: int = 0) -> Node:
-        if pid in self.self_pids:
-            return self._announced(parent_ino, name, Kind.DIR)
+        if self.echo.owns(pid):
+            return self.echo.announced(parent_ino, name, Kind.DIR)
         _check_name(name)
         parent = self.node(parent_ino)
         if parent.stream is not None:
@@ -883,7 +873,7 @@ class Core(StreamOps):
         return node
 
     async def unlink(self, parent_ino: int, name: bytes, pid: int = 0) -> None:
-        if pid in self.self_pids:
+        if self.echo.owns(pid):
             return  # the notifier announcing a delete already applied
         _check_name(name)
         parent = self.node(parent_ino)
@@ -922,7 +912,7 @@ class Core(StreamOps):
             d.local = True
 
     async def rmdir(self, parent_ino: int, name: bytes, pid: int = 0) -> None:
-        if pid in self.self_pids:
+        if self.echo.owns(pid):
             return
         _check_name(name)
         sparent = self.node(parent_ino)
@@ -1024,7 +1014,7 @@ class Core(StreamOps):
         other mounts see. If the calling process holds a handle that created
         the key or has unpublished changes, it adds nothing: that close publishes."""
         node = self.node(ino)
-        if node.kind is not Kind.KV or node.view is None or pid in self.self_pids:
+        if node.kind is not Kind.KV or node.view is None or self.echo.owns(pid):
             return
         if any(h.created or h.dirty for h in self._handles_of(node, pid)):
             return
@@ -1093,7 +1083,7 @@ class Core(StreamOps):
         futimens reach us as calls on the inode from a process.
         """
         mine = [h for h in self.handles.values()
-                if h.node is node and h.pid and h.pid not in self.self_pids]
+                if h.node is node and h.pid and not h.echo]
         if not mine or not pid:
             return []
         caller = _tgid(pid)

@@ -25,6 +25,7 @@ class Handle:
     dirty: bool = False  # differs from revision ``base`` (a write or truncate happened)
     wrote: bool = False  # write()/ftruncate() happened since the last publish (O_TRUNC alone: not)
     pid: int = 0  # the thread that opened it (FUSE's ctx.pid)
+    echo: bool = False  # the notifier's own handle: writes and flushes change nothing
     direct_io: bool = False
     keep_cache: bool = False  # page-cache mode: the kernel's cached pages are this content
     #: the error that ended this handle: once a publish failed or a write was

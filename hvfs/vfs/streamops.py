@@ -46,7 +46,6 @@ class StreamOps:
     store: Store
     read_only: bool
     max_payload: int
-    self_pids: set[int]
     conflicts: Any
     metrics: Metrics
     streams_dir: Node | None

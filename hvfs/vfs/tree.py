@@ -21,7 +21,7 @@ from typing import Any
 from ..errors import InvalidName, NameTooLong, NotADirectory
 from ..names import VALUE_NAME, decode_token, encode_name
 
-__all__ = ["Kind", "KvView", "Listener", "Node", "SelfOps", "Tree"]
+__all__ = ["Kind", "KvView", "Listener", "Node", "Tree"]
 
 log = logging.getLogger(__name__)
 
@@ -91,42 +91,6 @@ class Node:
 #: What the kernel must hear about a change: fn(parent, name, node, what) with
 #: what in {"create", "modify", "delete", "mkdir"}. Consumed by the notifier.
 Listener = Callable[["Node", bytes, "Node", str], None]
-
-
-class SelfOps:
-    """What the notifier's own requests must see.
-
-    ``current`` is the one notice the notifier is repeating through the
-    mountpoint right now: its create/mkdir must find the name absent, its
-    delete present. ``gone`` keeps deleted nodes reachable for the path walks
-    of pending deletes (a file inside a directory that is already pruned).
-    Written by the notifier and the trio thread, read by handlers on the trio
-    thread: plain attribute and dict operations, atomic under the GIL.
-    """
-
-    def __init__(self) -> None:
-        self.current: tuple[int, bytes, Node, str] | None = None
-        #: (parent ino, name) -> (node, seq) for notices of deletes not yet repeated
-        self.gone: dict[tuple[int, bytes], tuple[Node, int]] = {}
-
-    def lookup(self, parent_ino: int, name: bytes) -> tuple[str, Node] | None:
-        cur = self.current
-        if cur is not None and cur[0] == parent_ino and cur[1] == name:
-            if cur[3] in ("create", "mkdir"):
-                return ("hide", cur[2])
-            if cur[3] == "delete":
-                return ("show", cur[2])
-            return None
-        g = self.gone.get((parent_ino, name))
-        return ("show", g[0]) if g is not None else None
-
-    def announced(self, parent_ino: int, name: bytes, kind: Kind) -> Node | None:
-        cur = self.current
-        if (cur is not None and cur[0] == parent_ino and cur[1] == name and cur[2].kind is kind
-                and cur[2].linked and cur[3] in ("create", "mkdir") and cur[2].name == name
-                and cur[2].parent is not None and cur[2].parent.ino == parent_ino):
-            return cur[2]
-        return None
 
 
 class Tree:
