@@ -35,6 +35,7 @@ class Handle:
     msg_id: str = ""  # Nats-Msg-Id of a new stream message
     append: bool = False  # O_APPEND: every write goes to the end of *this* content
     created: bool = False  # this handle's open created the key (touch adds no heartbeat)
+    cached: bool = False  # reads go through the kernel's page cache (read-only KV handles)
     #: a page-cache handle whose size the kernel does not know yet: the FUSE
     #: layer makes it ask again (reads are clipped at the kernel's size)
     stale_size: bool = False

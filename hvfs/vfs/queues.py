@@ -8,15 +8,18 @@ the server redelivers it (possibly to another mount).
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
 from ..config import QueueBinding
-from ..errors import NotFound, NotPermitted, ReadOnly
+from ..errors import IsADirectory, NotFound, NotPermitted, ReadOnly
 from ..store import Queue, QueueGone, QueueMsg, Store
-from .tree import Kind, Node, Tree
+from .handles import Handle
+from .provider import Provider, Services
+from .tree import Kind, Node, Tree, display
 
-__all__ = ["QueueView"]
+__all__ = ["QueueProvider", "QueueView"]
 
 
 class QueueView:
@@ -78,3 +81,42 @@ class QueueView:
             out[b"user.hvfs.deliveries"] = str(meta.deliveries).encode()
             out[b"user.hvfs.expires_in"] = f"{max(meta.expires - time.monotonic(), 0):.1f}".encode()
         return out
+
+
+class QueueProvider(Provider):
+    """A work-queue directory: deliveries are read-only files, ``rm`` acks one."""
+
+    def __init__(self, sv: Services) -> None:
+        super().__init__(sv)
+        self.queues: list[QueueView] = []
+
+    async def bind(self, root: Node, qb: QueueBinding) -> QueueView:
+        root.provider = self
+        qv = QueueView(self.sv.tree, root, qb)
+        self.queues.append(qv)
+        qv.consumer = await self.sv.store.queue(
+            qb.stream, qb.durable, qv.apply, create=qb.create, filter_subject=qb.filter_subject,
+            ack_wait=qb.ack_wait, max_held=qb.max_held)
+        return qv
+
+    async def open(self, node: Node, flags: int, pid: int) -> Handle:
+        if node.kind is Kind.DIR:
+            raise IsADirectory(f"{display(node)} is a directory")
+        if flags & (os.O_WRONLY | os.O_RDWR):
+            self.writable()
+            raise NotPermitted("queue deliveries are read-only; rm acks one")
+        return Handle(0, node, False, node.data or b"", node.revision)
+
+    async def create(self, parent: Node, name: bytes, flags: int, pid: int) -> Handle:
+        raise NotPermitted(f"{display(parent)}: only bucket directories hold files")
+
+    async def unlink(self, parent: Node, name: bytes, node: Node | None) -> None:
+        if node is None:
+            raise NotFound(f"{display(parent)}/{name.decode(errors='replace')}: no such file")
+        await parent.queue.ack(self.sv.store, node, self.sv.read_only)
+
+    def xattr_names(self, node: Node) -> list[bytes]:
+        return list(node.queue.xattrs(node)) if node.queue is not None else []
+
+    async def xattrs(self, node: Node, pid: int) -> dict[bytes, bytes]:
+        return node.queue.xattrs(node) if node.queue is not None else {}

@@ -12,6 +12,7 @@ Placement rule for a key that is also a prefix of other keys (``a`` beside
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import logging
 import time
@@ -21,7 +22,7 @@ from typing import Any
 from ..errors import InvalidName, NameTooLong, NotADirectory
 from ..names import VALUE_NAME, decode_token, encode_name
 
-__all__ = ["Kind", "KvView", "Listener", "Node", "Tree"]
+__all__ = ["Kind", "KvView", "Listener", "Node", "Tree", "display"]
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ class Node:
     __slots__ = (
         "ino", "kind", "name", "parent", "children", "view", "key", "revision",
         "size", "mtime", "ctime", "nlookup", "local", "linked", "render", "data",
-        "stream", "queue", "told", "cached_rev", "cached_open", "cached_size", "settling",
+        "stream", "queue", "told", "cached_rev", "cached_open", "cached_size", "settling", "provider",
     )
 
     def __init__(self, ino: int, kind: Kind, name: bytes, parent: Node | None) -> None:
@@ -75,6 +76,8 @@ class Node:
         self.cached_open = 0  # open handles that read through the page cache
         self.cached_size = 0  # the size of their content (they all hold revision cached_rev)
         self.settling: Any = None  # trio.Event while a last-close publish is in flight
+        #: the hvfs.vfs.provider.Provider that owns this node (inherited from the parent)
+        self.provider: Any = parent.provider if parent is not None else None
 
     def __repr__(self) -> str:
         return f"<Node {self.ino} {self.kind.value} {self.name!r} key={self.key!r} rev={self.revision}>"
@@ -86,6 +89,11 @@ class Node:
             parts.append(n.name)
             n = n.parent
         return b"/" + b"/".join(reversed(parts))
+
+
+def display(node: Node) -> str:
+    """A node's path in the mount, for reasons and logs."""
+    return node.path().decode(errors="replace")
 
 
 #: What the kernel must hear about a change: fn(parent, name, node, what) with
@@ -201,6 +209,15 @@ class KvView:
             self.quiet.pop(key, None)
         else:
             self.quiet[key] = n
+
+    @contextlib.contextmanager
+    def muted(self, key: str) -> Iterator[None]:
+        """While this mount changes ``key``, its watch echo is not news to the kernel."""
+        self.mute(key)
+        try:
+            yield
+        finally:
+            self.unmute(key)
 
     # -- names -------------------------------------------------------------
 

@@ -1,0 +1,689 @@
+"""KV buckets: the index of each bucket (fed by one watch) and its files.
+
+A file is one key's value: ``open()`` fetches it, writes are buffered in the
+handle and published at close/fsync as a compare-and-swap on the revision
+the handle saw (docs/posix.md). ``FILE@REV`` nodes belong to
+``RevisionProvider``; the ``kv/`` directory itself to ``BucketsProvider``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from collections.abc import Callable
+
+import trio
+
+from ..errors import (
+    Conflict,
+    CrossDevice,
+    Exists,
+    HvfsError,
+    InvalidName,
+    IsADirectory,
+    NotADirectory,
+    NotEmpty,
+    NotFound,
+    NotPermitted,
+    NotSupported,
+    TooLarge,
+)
+from ..store import RESYNC, SYNCED, KvChange, Op, Watch
+from .handles import Handle
+from .provider import Provider, Services
+from .tree import Kind, KvView, Node, display
+
+__all__ = ["BucketsProvider", "KvProvider", "RevisionProvider", "XATTRS", "cas_header_bytes"]
+
+log = logging.getLogger(__name__)
+
+_REV_RE = re.compile(rb"^(.+)@(\d+)$")
+_WRITE = os.O_WRONLY | os.O_RDWR
+XATTRS = (b"user.hvfs.bucket", b"user.hvfs.key", b"user.hvfs.revision")
+
+
+def cas_header_bytes(bucket: str) -> int:
+    """Bytes of the headers a CAS publish adds (expected last sequence up to 20 digits, stream)."""
+    return len("NATS/1.0\r\n" "Nats-Expected-Last-Subject-Sequence: \r\n" "Nats-Expected-Stream: KV_\r\n\r\n") \
+        + 20 + len(bucket)
+
+
+def _tgid(tid: int) -> int:
+    """The process a thread belongs to (FUSE reports the calling thread's id)."""
+    try:
+        with open(f"/proc/{tid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Tgid:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return -tid  # gone: matches no live process
+
+
+class KvProvider(Provider):
+    """Bucket directories and key files."""
+
+    def __init__(self, sv: Services, handles: dict[int, Handle]) -> None:
+        super().__init__(sv)
+        self.handles = handles  # the facade's table: which process holds what open
+        self.views: dict[str, list[KvView]] = {}  # bucket -> views
+        self._synced: dict[int, trio.Event] = {}  # id(view) -> set when its snapshot is complete
+        self._watches: dict[str, Watch] = {}
+        self.revisions = RevisionProvider(sv, self)
+
+    # -- views and watches ----------------------------------------------------
+
+    async def bind(self, root: Node, bucket: str, prefix: str = "") -> KvView:
+        """Show ``bucket`` (under ``prefix``) below ``root``; returns once its snapshot is in."""
+        root.provider = self
+        view = KvView(self.sv.tree, root, bucket, prefix)
+        others = [v for v in self.views.get(bucket, []) if v is not view]
+        self.views.setdefault(bucket, []).append(view)
+        ev = trio.Event()
+        self._synced[id(view)] = ev
+        if others and bucket in self._watches:
+            if all(v.synced for v in others):
+                # Another view of a watched bucket: replay its keys.
+                for key, n in list(others[0].keys.items()):
+                    view.put(key, n.revision, n.size, n.mtime, notify=False)
+                view.end_resync()
+                ev.set()
+            # else: the watch's SYNCED marker is still to come, for every view.
+        else:
+            old = self._watches.pop(bucket, None)
+            if old is not None:
+                await old.stop()
+            self._watches[bucket] = await self.sv.store.watch(bucket, lambda items: self._on_watch(bucket, items))
+        with trio.move_on_after(max(5.0, self.sv.store.timeout * 5)):
+            await ev.wait()
+        return view
+
+    async def unbind(self, bucket: str, root: Node) -> None:
+        views = self.views.get(bucket, [])
+        for v in [v for v in views if v.root is root]:
+            views.remove(v)
+            self._synced.pop(id(v), None)
+            for n in list(self.sv.tree.walk(root))[1:]:
+                n.linked = False
+                self.sv.tree.maybe_free(n)
+        if not views:
+            self.views.pop(bucket, None)
+            w = self._watches.pop(bucket, None)
+            if w is not None:
+                await w.stop()
+            self.sv.store.forget_bucket(bucket)
+
+    async def close(self) -> None:
+        for w in self._watches.values():
+            try:
+                await w.stop()
+            except HvfsError:
+                pass
+        self._watches.clear()
+
+    def _on_watch(self, bucket: str, items: list[KvChange | str]) -> None:
+        """A batch of the bucket's watch, on the trio thread."""
+        views = self.views.get(bucket, [])
+        for item in items:
+            if item == RESYNC:
+                for v in views:
+                    v.begin_resync()
+            elif item == SYNCED:
+                for v in views:
+                    v.end_resync()
+                    ev = self._synced.get(id(v))
+                    if ev is not None:
+                        ev.set()
+            else:
+                assert isinstance(item, KvChange)
+                self.sv.metrics.inc("vfs.changes_seen")
+                for v in views:
+                    v.apply(item.key, item.op is not Op.PUT, item.revision, item.size, item.time)
+                self.sv.events.add(item)
+
+    async def _wait_synced(self, view: KvView) -> None:
+        if view.synced:
+            return
+        ev = self._synced.get(id(view))
+        if ev is not None:
+            with trio.move_on_after(self.sv.store.timeout):
+                await ev.wait()
+
+    def key_count(self) -> int:
+        return sum(len(v.keys) for vs in self.views.values() for v in vs)
+
+    # -- names ------------------------------------------------------------------
+
+    async def lookup(self, parent: Node, name: bytes, echo: bool) -> Node | None:
+        view = parent.view
+        assert view is not None and parent.children is not None
+        child = parent.children.get(name)
+        if child is None:
+            await self._wait_synced(view)
+            child = parent.children.get(name)
+        if child is not None:
+            return child
+        m = _REV_RE.match(name)
+        if m:
+            return await self.revisions.node(parent, m.group(1), int(m.group(2)))
+        if not echo:
+            return await self.lookup_in_nats(parent, name)
+        return None
+
+    async def lookup_in_nats(self, parent: Node, name: bytes) -> Node | None:
+        """A name the index does not have yet may be a key the watch has not
+        delivered (it trails NATS by a few ms): ask NATS before saying ENOENT."""
+        view = parent.view
+        assert view is not None
+        try:
+            key = view.key_for(parent, name)
+            entry = await self.sv.store.get(view.bucket, key)
+        except (NotFound, InvalidName):
+            return None
+        node = view.put(key, entry.revision, len(entry.value), entry.time)
+        return node if node is not None and node.parent is parent and node.name == name else None
+
+    async def listing(self, d: Node) -> None:
+        if d.view is not None:
+            await self._wait_synced(d.view)
+
+    # -- files --------------------------------------------------------------------
+
+    def size(self, node: Node) -> int:
+        if node.cached_open > 0:
+            # Readers share the page cache, clipped at the kernel's size: while
+            # one is open its content's size stands (docs/consistency.md).
+            return node.cached_size
+        return super().size(node)
+
+    async def open(self, node: Node, flags: int, pid: int) -> Handle:
+        if node.kind is Kind.DIR:
+            raise IsADirectory(f"{display(node)} is a directory")
+        view = node.view
+        assert view is not None
+        writable = bool(flags & _WRITE)
+        trunc = bool(flags & os.O_TRUNC)
+        if writable:
+            self.writable()
+        if writable and trunc and view.synced and node.linked and node.revision:
+            # The old value is not read: the revision the mount knows is the one
+            # this writer saw; a newer one makes the publish fail (ESTALE), never lost.
+            node.told = 0  # the kernel sets its size to 0 on an O_TRUNC open
+            return Handle(0, node, True, bytearray(), node.revision, dirty=node.size > 0)
+        try:
+            entry = await self.sv.store.get(view.bucket, node.key)
+        except NotFound:
+            view.remove(node.key, None)
+            raise NotFound(f"{display(node)}: the key is gone") from None
+        view.put(node.key, entry.revision, len(entry.value), entry.time)
+        if not writable:
+            h = Handle(0, node, False, entry.value, entry.revision)
+            # Shared read-only handles go through the page cache (so MAP_SHARED works)
+            # while every one open holds the same revision: pages are per inode.
+            h.cached = node.cached_open == 0 or node.cached_rev == entry.revision
+            h.stale_size = h.cached and node.told != len(entry.value)
+            return h
+        if trunc:
+            node.told = 0
+        buf = bytearray() if trunc else bytearray(entry.value)
+        return Handle(0, node, True, buf, entry.revision, dirty=trunc and bool(entry.value))
+
+    async def create(self, parent: Node, name: bytes, flags: int, pid: int) -> Handle:
+        """open(O_CREAT) of a name the kernel does not know.
+
+        A new key is created (empty) in NATS before this returns, so a file
+        exists for everyone once open() succeeds and a refused create fails
+        open() itself; the content follows at close like any write.
+        """
+        self.writable()
+        view = parent.view
+        assert view is not None and parent.children is not None
+        m = _REV_RE.match(name)
+        if m and name not in parent.children:
+            return await self.revisions.create_at(parent, m.group(1), int(m.group(2)), flags, pid)
+        existing = parent.children.get(name)
+        if existing is not None:
+            if flags & os.O_EXCL:
+                raise Exists(f"{display(existing)} exists")
+            return await existing.provider.open(existing, flags, pid)
+        key = view.key_for(parent, name)
+        where = f"{display(parent)}/{name.decode(errors='replace')}"
+        try:
+            with view.muted(key):
+                rev = await self.sv.store.create(view.bucket, key, b"")
+        except Exists:
+            if flags & os.O_EXCL:
+                raise Exists(f"{where} exists (key {view.bucket}/{key})") from None
+            # Created elsewhere a moment ago: open() opens that one, as on any filesystem.
+            found = await self.lookup_in_nats(parent, name)
+            if found is None:
+                raise
+            return await self.open(found, flags, pid)
+        made = view.put(key, rev, 0, time.time(), notify=False)
+        if made is None or made.parent is not parent or made.name != name:
+            raise InvalidName(f"{where} maps to key {key!r}, whose name is taken here "
+                              f"({view.hidden.get(key, 'see docs/naming.md')})")
+        return Handle(0, made, True, bytearray(), rev, created=True)
+
+    async def write(self, h: Handle, off: int, buf: bytes) -> int:
+        return await self.write_buffer(h, off, buf)
+
+    async def truncate(self, h: Handle, size: int) -> None:
+        await self.truncate_buffer(h, size)
+
+    async def max_value_size(self, view: KvView) -> int:
+        """The largest value a CAS publish can carry: NATS counts our headers too."""
+        limit = self.sv.max_payload
+        bi = await self.sv.store.bucket(view.bucket)
+        if bi.max_value_size > 0:
+            limit = min(limit, bi.max_value_size)
+        return limit - cas_header_bytes(view.bucket)
+
+    async def check_size(self, h: Handle, size: int, intended: Callable[[], bytes]) -> None:
+        """EFBIG before a value grows past what its bucket takes; the handle is refused for good."""
+        view = h.node.view
+        assert view is not None
+        limit = await self.max_value_size(view)
+        if size > limit:
+            err = TooLarge(f"{display(h.node)}: {size} bytes is over the bucket's max value size "
+                           f"of {limit} bytes")
+            self.sv.fail(h, err, intended(), view.bucket)
+            raise err
+
+    async def flush(self, h: Handle, final: bool) -> None:
+        """Publish the handle's content as one revision: CAS on the revision it last saw."""
+        node = h.node
+        view = node.view
+        assert view is not None and isinstance(h.data, bytearray)
+        data = bytes(h.data)
+        h.dirty = h.wrote = False
+        try:
+            with view.muted(node.key):
+                rev = await self.sv.store.update(view.bucket, node.key, data, h.base)
+        except HvfsError as e:
+            current = e.current if isinstance(e, Conflict) else None
+            if isinstance(e, Exists | Conflict):
+                self.sv.metrics.inc("vfs.conflicts")
+                if current is None:
+                    current = await self._safe_current(view, node.key)
+            self.sv.fail(h, e, data, view.bucket, current)
+            raise
+        self.sv.metrics.inc("vfs.publishes")
+        h.base = rev
+        self.sv.published(h)
+        target = view.keys.get(node.key, node) if node.kind is Kind.REV else node
+        newer = target.kind is Kind.KV and target.revision > rev
+        view.put(node.key, rev, len(data), time.time(), notify=False)  # no-op if newer
+        if newer and target.parent is not None:
+            # Another writer's revision arrived while ours was in flight.
+            self.sv.tree.notify(target.parent, target.name, target, "modify")
+
+    async def current_revision(self, view: KvView, key: str) -> int:
+        try:
+            return (await self.sv.store.get(view.bucket, key)).revision
+        except NotFound:
+            return 0
+
+    async def _safe_current(self, view: KvView, key: str) -> int | None:
+        try:
+            return await self.current_revision(view, key)
+        except HvfsError:
+            return None
+
+    async def set_size(self, node: Node, size: int) -> None:
+        """truncate(2) of a path: one new revision."""
+        if node.kind is not Kind.KV:
+            raise NotPermitted("only files of keys can be truncated")
+        h = await self.open(node, os.O_RDWR, 0)
+        await self.truncate(h, size)
+        async with h.lock:
+            await self.flush(h, final=True)
+
+    async def touch(self, node: Node, pid: int) -> None:
+        """utimensat(UTIME_NOW): a new revision with the same value, a heartbeat
+        other mounts see. If the calling process holds a handle that created
+        the key or has unpublished changes, it adds nothing: that close publishes."""
+        if node.kind is not Kind.KV or node.view is None:
+            return
+        if any(h.created or h.dirty for h in self.handles_of(node, pid)):
+            return
+        self.writable()
+        view = node.view
+        try:
+            entry = await self.sv.store.get(view.bucket, node.key)
+        except NotFound:
+            view.remove(node.key, None)
+            raise NotFound(f"{display(node)}: the key is gone") from None
+        try:
+            with view.muted(node.key):
+                rev = await self.sv.store.update(view.bucket, node.key, entry.value, entry.revision)
+        except Conflict:
+            return  # another writer got in first: the key is as fresh as a touch would make it
+        view.put(node.key, rev, len(entry.value), time.time(), notify=False)
+
+    # -- namespace ----------------------------------------------------------------
+
+    async def mkdir(self, parent: Node, name: bytes) -> Node:
+        self.writable()
+        view = parent.view
+        assert view is not None and parent.children is not None
+        if name in parent.children:
+            raise Exists(f"{display(parent.children[name])} exists")
+        key = view.key_for(parent, name)
+        node = self.sv.tree.new(Kind.DIR, name, parent)
+        node.view, node.key, node.local = view, key, True
+        self.sv.tree.attach(parent, node)
+        return node
+
+    async def unlink(self, parent: Node, name: bytes, node: Node | None) -> None:
+        self.writable()
+        view = parent.view
+        assert view is not None
+        if node is None:
+            raise NotFound(f"{display(parent)}/{name.decode(errors='replace')}: no such file")
+        if node.kind is Kind.DIR:
+            raise IsADirectory(f"{display(node)} is a directory")
+        with view.muted(node.key):
+            await self.sv.store.delete(view.bucket, node.key)
+        view.keys.pop(node.key, None)
+        self.sv.tree.detach(node)
+        _keep_emptied(parent)
+
+    async def rmdir(self, parent: Node, name: bytes, node: Node | None) -> None:
+        self.writable()
+        if node is None:
+            raise NotFound(f"{display(parent)}/{name.decode(errors='replace')}: no such directory")
+        if node.kind is not Kind.DIR:
+            raise NotADirectory(f"{display(node)} is not a directory")
+        assert node.children is not None
+        if node.children:
+            raise NotEmpty(f"{display(node)} is not empty")
+        self.sv.tree.detach(node)
+        _keep_emptied(parent)
+
+    async def rename(self, src_parent: Node, old: bytes, dst_parent: Node, new: bytes, flags: int) -> None:
+        """Put the value under the new key, then delete the old key: never loses data."""
+        self.writable()
+        src_view, dst_view = src_parent.view, dst_parent.view
+        if dst_view is None or dst_parent.provider is not self:
+            raise NotPermitted(f"{display(dst_parent)}: only bucket directories hold files")
+        assert src_view is not None and src_parent.children is not None and dst_parent.children is not None
+        src = src_parent.children.get(old)
+        if src is None:
+            raise NotFound(f"{display(src_parent)}/{old.decode(errors='replace')}: no such file")
+        if flags & 2:  # RENAME_EXCHANGE
+            raise NotSupported("RENAME_EXCHANGE is not supported")
+        dst = dst_parent.children.get(new)
+        if dst is src:
+            return
+        if dst is not None and flags & 1:  # RENAME_NOREPLACE
+            raise Exists(f"{display(dst)} exists")
+        if src.kind is Kind.DIR:
+            if dst is not None and dst.kind is not Kind.DIR:
+                raise NotADirectory(f"{display(dst)} is not a directory")
+            if dst is not None and dst.children:
+                raise NotEmpty(f"{display(dst)} is not empty")
+            raise CrossDevice("NATS cannot rename a key prefix: directories move by copy "
+                              "(mv does this by itself)")
+        if dst is not None and dst.kind is Kind.DIR:
+            raise IsADirectory(f"{display(dst)} is a directory")
+        dst_key = dst.key if dst is not None else dst_view.key_for(dst_parent, new)
+        entry = await self.sv.store.get(src_view.bucket, src.key)
+        with dst_view.muted(dst_key), src_view.muted(src.key):
+            current = 0
+            if dst is not None:
+                current = await self.current_revision(dst_view, dst_key)
+            if current:
+                rev = await self.sv.store.update(dst_view.bucket, dst_key, entry.value, current)
+            else:
+                rev = await self.sv.store.create(dst_view.bucket, dst_key, entry.value)
+            await self.sv.store.delete(src_view.bucket, src.key, entry.revision)
+        # The kernel moves the source inode to the new name: so does the index.
+        tree = self.sv.tree
+        src_view.keys.pop(src.key, None)
+        tree.detach(src)
+        if dst is not None:
+            dst_view.keys.pop(dst.key, None)
+            tree.detach(dst)
+        src.view, src.key, src.name = dst_view, dst_key, new
+        src.revision, src.size = rev, len(entry.value)
+        src.mtime = src.ctime = time.time()
+        tree.attach(dst_parent, src)
+        dst_view.keys[dst_key] = src
+        _keep_emptied(src_parent)
+
+    # -- xattrs ---------------------------------------------------------------------
+
+    def xattr_names(self, node: Node) -> list[bytes]:
+        if node.view is None:
+            return []
+        if node.kind in (Kind.KV, Kind.REV):
+            return list(XATTRS)
+        return [b"user.hvfs.bucket", b"user.hvfs.key"]
+
+    async def xattrs(self, node: Node, pid: int) -> dict[bytes, bytes]:
+        if node.view is None:
+            return {}
+        out = {b"user.hvfs.bucket": node.view.bucket.encode(), b"user.hvfs.key": node.key.encode()}
+        if node.kind in (Kind.KV, Kind.REV):
+            out[b"user.hvfs.revision"] = str(await self._revision_for(node, pid)).encode()
+        return out
+
+    async def _revision_for(self, node: Node, pid: int) -> int:
+        """``user.hvfs.revision``: in a process holding the file open, the revision of
+        the content its latest handle has; otherwise as fresh as open()."""
+        if node.kind is Kind.REV:
+            return node.revision
+        for h in self.handles_of(node, pid):
+            if h.base:
+                return h.base
+        view = node.view
+        assert view is not None
+        try:
+            entry = await self.sv.store.get(view.bucket, node.key)
+        except NotFound:
+            view.remove(node.key, None)
+            raise NotFound(f"{display(node)}: the key is gone") from None
+        view.put(node.key, entry.revision, len(entry.value), entry.time)
+        return entry.revision
+
+    def handles_of(self, node: Node, pid: int) -> list[Handle]:
+        """The handles on ``node`` that the process of thread ``pid`` opened, newest first.
+
+        FUSE tells a request's thread, not its descriptor: fgetxattr and
+        futimens reach us as calls on the inode from a process.
+        """
+        mine = [h for h in self.handles.values() if h.node is node and h.pid and not h.echo]
+        if not mine or not pid:
+            return []
+        caller = _tgid(pid)
+        out = []
+        for h in sorted(mine, key=lambda h: h.fh, reverse=True):
+            if not h.tgid:
+                h.tgid = _tgid(h.pid)
+            if h.tgid == caller:
+                out.append(h)
+        return out
+
+
+def _keep_emptied(d: Node) -> None:
+    """A directory emptied by a local rm or mv stays, as on any filesystem,
+    until rmdir (``rm -r`` and ``mv`` send one next); it is now this mount's own."""
+    if d.kind is Kind.DIR and d.children == {} and d.view is not None and d is not d.view.root:
+        d.local = True
+
+
+class RevisionProvider(Provider):
+    """``FILE@REV``: one revision of a key, not listed; writing it is a CAS on REV."""
+
+    def __init__(self, sv: Services, kv: KvProvider) -> None:
+        super().__init__(sv)
+        self.kv = kv
+
+    def _key_of(self, parent: Node, base: bytes) -> str:
+        """The key of file ``base`` in ``parent`` (existing or to be)."""
+        view = parent.view
+        assert view is not None and parent.children is not None
+        existing = parent.children.get(base)
+        if existing is not None and existing.kind is Kind.DIR:
+            raise IsADirectory(f"{display(existing)} is a directory")
+        return existing.key if existing is not None else view.key_for(parent, base)
+
+    async def node(self, parent: Node, base: bytes, rev: int) -> Node:
+        """A not-listed inode for revision ``rev`` of ``base``'s key (freed on forget)."""
+        view = parent.view
+        assert view is not None
+        key = self._key_of(parent, base)
+        tree = self.sv.tree
+        node = tree.new(Kind.REV, base + b"@" + str(rev).encode(), parent)
+        node.provider = self
+        node.view, node.key, node.revision = view, key, rev
+        node.linked = False
+        if rev == 0:
+            node.data = b""
+        else:
+            try:
+                entry = await self.sv.store.get(view.bucket, key, rev)
+            except NotFound:
+                tree.nodes.pop(node.ino, None)
+                raise
+            node.data = entry.value
+            node.size = len(entry.value)
+            node.mtime = node.ctime = entry.time
+        return node
+
+    async def create_at(self, parent: Node, base: bytes, rev: int, flags: int, pid: int) -> Handle:
+        """``echo > FILE@REV`` where REV is not in FILE's history: the CAS is lost
+        (ESTALE), unless REV is 0 and FILE does not exist (create only)."""
+        view = parent.view
+        assert view is not None
+        key = self._key_of(parent, base)
+        current = await self.kv.current_revision(view, key)
+        if current != rev:
+            raise Conflict(f"{view.bucket}/{key}: revision {rev} is not current "
+                           f"(current: {current or 'none'}); read the file again", current)
+        node = await self.node(parent, base, rev)
+        return await self.open(node, flags | os.O_WRONLY, pid)
+
+    def size(self, node: Node) -> int:
+        return len(node.data or b"")
+
+    async def open(self, node: Node, flags: int, pid: int) -> Handle:
+        view = node.view
+        assert view is not None
+        if not flags & _WRITE:
+            return Handle(0, node, False, node.data or b"", node.revision)
+        self.writable()
+        if node.revision == 0:
+            # FILE@0: create only if absent, now, like any open(O_CREAT) of a new name.
+            try:
+                with view.muted(node.key):
+                    rev = await self.sv.store.create(view.bucket, node.key, b"")
+            except Exists:
+                current = await self.kv._safe_current(view, node.key)
+                raise Conflict(f"{view.bucket}/{node.key} exists (revision {current or '?'}); "
+                               "@0 creates only a key that does not exist", current) from None
+            view.put(node.key, rev, 0, time.time(), notify=False)
+            return Handle(0, node, True, bytearray(), rev, created=True)
+        current = await self.kv.current_revision(view, node.key)
+        if current != node.revision:
+            raise Conflict(f"{view.bucket}/{node.key}: revision {node.revision} is not current "
+                           f"(current: {current or 'none'})", current)
+        trunc = bool(flags & os.O_TRUNC)
+        buf = bytearray() if trunc else bytearray(node.data or b"")
+        return Handle(0, node, True, buf, node.revision, dirty=trunc and bool(node.data))
+
+    async def write(self, h: Handle, off: int, buf: bytes) -> int:
+        return await self.kv.write(h, off, buf)
+
+    async def truncate(self, h: Handle, size: int) -> None:
+        await self.kv.truncate(h, size)
+
+    async def check_size(self, h: Handle, size: int, intended: Callable[[], bytes]) -> None:
+        await self.kv.check_size(h, size, intended)
+
+    async def flush(self, h: Handle, final: bool) -> None:
+        await self.kv.flush(h, final)
+
+    def xattr_names(self, node: Node) -> list[bytes]:
+        return list(XATTRS)
+
+    async def xattrs(self, node: Node, pid: int) -> dict[bytes, bytes]:
+        return await self.kv.xattrs(node, pid)
+
+
+class BucketsProvider(Provider):
+    """``kv/``: one directory per bucket; ``mkdir kv/NAME`` creates a bucket."""
+
+    def __init__(self, sv: Services, kv: KvProvider, root: Node) -> None:
+        super().__init__(sv)
+        self.kv = kv
+        self.root = root
+        root.provider = self
+        self._lock = trio.Lock()
+
+    async def refresh(self) -> None:
+        """Keep kv/ in step with the server's buckets.
+
+        Serialised: a listing is applied only by the task that took it, while
+        no other refresh is adding or dropping views.
+        """
+        async with self._lock:
+            infos = await self.sv.store.buckets()
+            names = {bi.name for bi in infos}
+            d, tree = self.root, self.sv.tree
+            assert d.children is not None
+            for name in sorted(names):
+                if name.encode() not in d.children:
+                    root = tree.new(Kind.DIR, name.encode(), d)
+                    root.local = True
+                    tree.attach(d, root)
+                    tree.notify(d, root.name, root, "mkdir")
+                    await self.kv.bind(root, name)
+            for child in list(d.children.values()):
+                bucket = child.name.decode()
+                if bucket not in names:
+                    await self.kv.unbind(bucket, child)
+                    tree.detach(child)
+                    tree.notify(d, child.name, child, "delete")
+
+    async def lookup(self, parent: Node, name: bytes, echo: bool) -> Node | None:
+        assert parent.children is not None
+        child = parent.children.get(name)
+        if child is None and re.fullmatch(rb"[a-zA-Z0-9_-]+", name):
+            # An unknown kv/NAME: one stream-info call, not a full listing.
+            try:
+                await self.sv.store.bucket(name.decode())
+            except NotFound:
+                return None
+            await self.refresh()
+            child = parent.children.get(name)
+        return child
+
+    async def listing(self, d: Node) -> None:
+        try:
+            await self.refresh()
+        except HvfsError as e:
+            log.warning("bucket list: %s", e.reason)
+
+    async def mkdir(self, parent: Node, name: bytes) -> Node:
+        self.writable()
+        bucket = name.decode(errors="replace")
+        if not re.fullmatch(r"[a-zA-Z0-9_-]+", bucket):
+            raise InvalidName(f"{bucket!r} is not a valid bucket name")
+        await self.refresh()
+        assert parent.children is not None
+        if name in parent.children:
+            raise Exists(f"bucket {bucket} exists")
+        await self.sv.store.create_bucket(bucket)
+        await self.refresh()
+        return parent.children[name]
+
+    async def open(self, node: Node, flags: int, pid: int) -> Handle:
+        raise IsADirectory(f"{display(node)} is a directory")
+
+    async def create(self, parent: Node, name: bytes, flags: int, pid: int) -> Handle:
+        raise NotPermitted(f"{display(parent)}: only bucket directories hold files")
+

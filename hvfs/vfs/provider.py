@@ -1,0 +1,176 @@
+"""Providers: what a subtree of the mount does.
+
+Every node belongs to the provider that made it (a new node inherits its
+parent's, ``Tree.new``): the roots (``/``, ``kv/``, ``streams/``), a KV
+bucket, ``FILE@REV``, a stream, a work queue, ``.hvfs/``. The facade
+(``hvfs.vfs.core.Vfs``) asks the node's provider; the base class answers
+every call with a clear refusal, so a provider states only what it supports.
+``Services`` is what all providers share: the store, the inode tree, the
+counters, the conflict and error logs, and the handles with unpublished bytes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ..errors import HvfsError, Invalid, NotPermitted, NotSupported, ReadOnly, errno_of
+from ..metrics import Metrics
+from ..store import Store
+from .control import Conflicts, ErrorLog, EventLog
+from .handles import Handle
+from .tree import Node, Tree, display
+
+__all__ = ["Provider", "Services", "spliced"]
+
+
+def spliced(data: bytes | bytearray, off: int, buf: bytes) -> bytes:
+    """``data`` with ``buf`` written at ``off`` (a gap zero-filled): what a write meant."""
+    out = bytearray(data)
+    if off > len(out):
+        out.extend(bytes(off - len(out)))
+    out[off:off + len(buf)] = buf
+    return bytes(out)
+
+
+@dataclass(slots=True)
+class Services:
+    """What every provider shares; one per mount."""
+
+    store: Store
+    tree: Tree
+    metrics: Metrics
+    read_only: bool
+    max_payload: int
+    conflicts: Conflicts = field(default_factory=Conflicts)
+    errors: ErrorLog = field(default_factory=ErrorLog)
+    events: EventLog = field(default_factory=EventLog)
+    #: ino -> the handle whose unpublished bytes define the size the kernel sees
+    writers: dict[int, Handle] = field(default_factory=dict)
+
+    def fail(self, h: Handle, err: HvfsError, data: bytes, where: str, current: int | None = None) -> None:
+        """End ``h`` with ``err``: its bytes go to .hvfs/conflicts/, later calls fail alike."""
+        h.dirty = h.wrote = False
+        if self.writers.get(h.node.ino) is h:
+            del self.writers[h.node.ino]
+        c = self.conflicts.add(where, h.node.key, h.base, current, errno_of(err), err.reason, data)
+        err.reason = f"{err.reason}; your bytes are in .hvfs/conflicts/{c.file}"
+        h.failed = err
+
+    def changed(self, h: Handle) -> None:
+        """A write or truncate made the handle differ from what NATS has."""
+        h.dirty = h.wrote = True
+        self.writers[h.node.ino] = h
+        h.node.mtime = h.node.ctime = time.time()
+
+    def published(self, h: Handle) -> None:
+        if self.writers.get(h.node.ino) is h:
+            del self.writers[h.node.ino]
+
+
+class Provider:
+    """A subtree's behaviour. Every default is a refusal with a reason."""
+
+    def __init__(self, sv: Services) -> None:
+        self.sv = sv
+
+    # -- names -------------------------------------------------------------
+
+    async def lookup(self, parent: Node, name: bytes, echo: bool) -> Node | None:
+        """The child ``name`` of ``parent``; None: no such entry."""
+        assert parent.children is not None
+        return parent.children.get(name)
+
+    async def listing(self, d: Node) -> None:
+        """Bring ``d``'s children up to date before a readdir."""
+
+    # -- files -------------------------------------------------------------
+
+    def size(self, node: Node) -> int:
+        w = self.sv.writers.get(node.ino)
+        if w is not None and w.dirty:
+            return len(w.data)  # what this mount's writer holds, not yet published
+        return node.size
+
+    async def open(self, node: Node, flags: int, pid: int) -> Handle:
+        raise NotPermitted(f"{display(node)} cannot be opened here")
+
+    async def create(self, parent: Node, name: bytes, flags: int, pid: int) -> Handle:
+        raise NotPermitted(f"{display(parent)}: files cannot be created here")
+
+    async def read(self, h: Handle, off: int, size: int) -> bytes:
+        return bytes(h.data[off:off + size])
+
+    async def write(self, h: Handle, off: int, buf: bytes) -> int:
+        raise Invalid("file not open for writing")
+
+    async def truncate(self, h: Handle, size: int) -> None:
+        raise Invalid("file not open for writing")
+
+    async def flush(self, h: Handle, final: bool) -> None:
+        """Publish what ``h`` changed (the facade checked there is something)."""
+
+    async def set_size(self, node: Node, size: int) -> None:
+        raise NotPermitted(f"{display(node)} cannot be truncated")
+
+    async def touch(self, node: Node, pid: int) -> None:
+        """utimensat(UTIME_NOW); nothing to do unless the provider says."""
+
+    # -- namespace ---------------------------------------------------------
+
+    async def mkdir(self, parent: Node, name: bytes) -> Node:
+        raise NotPermitted(f"{display(parent)}: directories cannot be made here")
+
+    async def unlink(self, parent: Node, name: bytes, node: Node | None) -> None:
+        raise NotPermitted(f"{display(parent)}: nothing here can be removed")
+
+    async def rmdir(self, parent: Node, name: bytes, node: Node | None) -> None:
+        raise NotPermitted(f"{display(parent)}: nothing here can be removed")
+
+    async def rename(self, src_parent: Node, old: bytes, dst_parent: Node, new: bytes, flags: int) -> None:
+        raise NotPermitted(f"{display(src_parent)}: nothing here can be renamed")
+
+    # -- xattrs ------------------------------------------------------------
+
+    def xattr_names(self, node: Node) -> list[bytes]:
+        return []
+
+    async def xattrs(self, node: Node, pid: int) -> dict[bytes, bytes]:
+        return {}
+
+    # -- helpers for providers with writable handles -------------------------
+
+    def writable(self) -> None:
+        if self.sv.read_only:
+            raise ReadOnly("mounted read-only")
+
+    async def write_buffer(self, h: Handle, off: int, buf: bytes) -> int:
+        """Apply a write to the handle's bytes; a growing size is checked (``check_size``)."""
+        assert isinstance(h.data, bytearray)
+        if h.append:
+            # The kernel's append offset comes from a size it may have cached
+            # before a remote change; the end of the content read at open is right.
+            off = len(h.data)
+        end = off + len(buf)
+        if end > len(h.data):
+            await self.check_size(h, end, lambda: spliced(h.data, off, buf))
+            h.data.extend(bytes(end - len(h.data)))  # zero-fill any gap
+        h.data[off:end] = buf
+        self.sv.changed(h)
+        h.node.told = max(h.node.told, end)  # the kernel grows its size past a write's end
+        return len(buf)
+
+    async def truncate_buffer(self, h: Handle, size: int) -> None:
+        assert isinstance(h.data, bytearray)
+        if size > len(h.data):
+            await self.check_size(h, size, lambda: bytes(h.data) + bytes(size - len(h.data)))
+            h.data.extend(bytes(size - len(h.data)))
+        else:
+            del h.data[size:]
+        self.sv.changed(h)
+
+    async def check_size(self, h: Handle, size: int, intended: Callable[[], bytes]) -> None:
+        """EFBIG before a value grows past what NATS takes (see ``limit``)."""
+        raise NotSupported("this file cannot grow")
+
