@@ -31,11 +31,12 @@ from ..errors import (
 )
 from ..metrics import Metrics
 from ..store import Store
+from .buckets import BucketsProvider
 from .control import Conflicts, ErrorLog, EventLog
 from .ctl import ControlProvider
 from .echo import Echo
 from .handles import Handle
-from .kv import XATTRS, BucketsProvider, KvProvider
+from .kv import XATTRS, KvProvider
 from .provider import Provider, Services
 from .queues import QueueProvider
 from .stream import StreamProvider, StreamsProvider

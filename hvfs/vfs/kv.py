@@ -3,7 +3,7 @@
 A file is one key's value: ``open()`` fetches it, writes are buffered in the
 handle and published at close/fsync as a compare-and-swap on the revision
 the handle saw (docs/posix.md). ``FILE@REV`` nodes belong to
-``RevisionProvider``; the ``kv/`` directory itself to ``BucketsProvider``.
+``hvfs.vfs.revision``; the ``kv/`` directory itself to ``hvfs.vfs.buckets``.
 """
 
 from __future__ import annotations
@@ -32,16 +32,17 @@ from ..errors import (
 )
 from ..store import RESYNC, SYNCED, KvChange, Op, Watch
 from .handles import Handle
+from .policy import WritePolicy
 from .provider import Provider, Services
+from .revision import XATTRS, RevisionProvider
 from .tree import Kind, KvView, Node, display
 
-__all__ = ["BucketsProvider", "KvProvider", "RevisionProvider", "XATTRS", "cas_header_bytes"]
+__all__ = ["KvProvider", "XATTRS", "cas_header_bytes"]
 
 log = logging.getLogger(__name__)
 
 _REV_RE = re.compile(rb"^(.+)@(\d+)$")
 _WRITE = os.O_WRONLY | os.O_RDWR
-XATTRS = (b"user.hvfs.bucket", b"user.hvfs.key", b"user.hvfs.revision")
 
 
 def cas_header_bytes(bucket: str) -> int:
@@ -71,14 +72,20 @@ class KvProvider(Provider):
         self.views: dict[str, list[KvView]] = {}  # bucket -> views
         self._synced: dict[int, trio.Event] = {}  # id(view) -> set when its snapshot is complete
         self._watches: dict[str, Watch] = {}
+        self._policies: dict[int, WritePolicy] = {}  # id(view) -> its binding's write policy
         self.revisions = RevisionProvider(sv, self)
 
     # -- views and watches ----------------------------------------------------
 
-    async def bind(self, root: Node, bucket: str, prefix: str = "") -> KvView:
-        """Show ``bucket`` (under ``prefix``) below ``root``; returns once its snapshot is in."""
+    async def bind(self, root: Node, bucket: str, prefix: str = "",
+                   policy: WritePolicy | None = None) -> KvView:
+        """Show ``bucket`` (under ``prefix``) below ``root``; returns once its snapshot is in.
+
+        ``policy`` is the binding's write-policy chain (none: the raw view's, bytes as they are).
+        """
         root.provider = self
         view = KvView(self.sv.tree, root, bucket, prefix)
+        self._policies[id(view)] = policy or WritePolicy()
         others = [v for v in self.views.get(bucket, []) if v is not view]
         self.views.setdefault(bucket, []).append(view)
         ev = trio.Event()
@@ -105,6 +112,7 @@ class KvProvider(Provider):
         for v in [v for v in views if v.root is root]:
             views.remove(v)
             self._synced.pop(id(v), None)
+            self._policies.pop(id(v), None)
             for n in list(self.sv.tree.walk(root))[1:]:
                 n.linked = False
                 self.sv.tree.maybe_free(n)
@@ -142,6 +150,9 @@ class KvProvider(Provider):
                 for v in views:
                     v.apply(item.key, item.op is not Op.PUT, item.revision, item.size, item.time)
                 self.sv.events.add(item)
+
+    def policy(self, view: KvView) -> WritePolicy:
+        return self._policies.get(id(view)) or WritePolicy()
 
     async def _wait_synced(self, view: KvView) -> None:
         if view.synced:
@@ -218,17 +229,18 @@ class KvProvider(Provider):
             view.remove(node.key, None)
             raise NotFound(f"{display(node)}: the key is gone") from None
         view.put(node.key, entry.revision, len(entry.value), entry.time)
+        shown = self.policy(view).on_read(node, entry.value)
         if not writable:
-            h = Handle(0, node, False, entry.value, entry.revision)
+            h = Handle(0, node, False, shown, entry.revision)
             # Shared read-only handles go through the page cache (so MAP_SHARED works)
             # while every one open holds the same revision: pages are per inode.
             h.cached = node.cached_open == 0 or node.cached_rev == entry.revision
-            h.stale_size = h.cached and node.told != len(entry.value)
+            h.stale_size = h.cached and node.told != len(shown)
             return h
         if trunc:
             node.told = 0
-        buf = bytearray() if trunc else bytearray(entry.value)
-        return Handle(0, node, True, buf, entry.revision, dirty=trunc and bool(entry.value))
+        buf = bytearray() if trunc else bytearray(shown)
+        return Handle(0, node, True, buf, entry.revision, dirty=trunc and bool(shown))
 
     async def create(self, parent: Node, name: bytes, flags: int, pid: int) -> Handle:
         """open(O_CREAT) of a name the kernel does not know.
@@ -300,14 +312,17 @@ class KvProvider(Provider):
         data = bytes(h.data)
         h.dirty = h.wrote = False
         try:
+            p = self.policy(view).on_write(node, data)
+            if p.ttl is not None or p.headers:
+                raise NotSupported("this store cannot publish a TTL or headers yet")
             with view.muted(node.key):
-                rev = await self.sv.store.update(view.bucket, node.key, data, h.base)
+                rev = await self.sv.store.update(view.bucket, node.key, p.value, h.base)
         except HvfsError as e:
             current = e.current if isinstance(e, Conflict) else None
             if isinstance(e, Exists | Conflict):
                 self.sv.metrics.inc("vfs.conflicts")
                 if current is None:
-                    current = await self._safe_current(view, node.key)
+                    current = await self.safe_current(view, node.key)
             self.sv.fail(h, e, data, view.bucket, current)
             raise
         self.sv.metrics.inc("vfs.publishes")
@@ -315,7 +330,7 @@ class KvProvider(Provider):
         self.sv.published(h)
         target = view.keys.get(node.key, node) if node.kind is Kind.REV else node
         newer = target.kind is Kind.KV and target.revision > rev
-        view.put(node.key, rev, len(data), time.time(), notify=False)  # no-op if newer
+        view.put(node.key, rev, len(p.value), time.time(), notify=False)  # no-op if newer
         if newer and target.parent is not None:
             # Another writer's revision arrived while ours was in flight.
             self.sv.tree.notify(target.parent, target.name, target, "modify")
@@ -326,7 +341,7 @@ class KvProvider(Provider):
         except NotFound:
             return 0
 
-    async def _safe_current(self, view: KvView, key: str) -> int | None:
+    async def safe_current(self, view: KvView, key: str) -> int | None:
         try:
             return await self.current_revision(view, key)
         except HvfsError:
@@ -513,177 +528,3 @@ def _keep_emptied(d: Node) -> None:
     until rmdir (``rm -r`` and ``mv`` send one next); it is now this mount's own."""
     if d.kind is Kind.DIR and d.children == {} and d.view is not None and d is not d.view.root:
         d.local = True
-
-
-class RevisionProvider(Provider):
-    """``FILE@REV``: one revision of a key, not listed; writing it is a CAS on REV."""
-
-    def __init__(self, sv: Services, kv: KvProvider) -> None:
-        super().__init__(sv)
-        self.kv = kv
-
-    def _key_of(self, parent: Node, base: bytes) -> str:
-        """The key of file ``base`` in ``parent`` (existing or to be)."""
-        view = parent.view
-        assert view is not None and parent.children is not None
-        existing = parent.children.get(base)
-        if existing is not None and existing.kind is Kind.DIR:
-            raise IsADirectory(f"{display(existing)} is a directory")
-        return existing.key if existing is not None else view.key_for(parent, base)
-
-    async def node(self, parent: Node, base: bytes, rev: int) -> Node:
-        """A not-listed inode for revision ``rev`` of ``base``'s key (freed on forget)."""
-        view = parent.view
-        assert view is not None
-        key = self._key_of(parent, base)
-        tree = self.sv.tree
-        node = tree.new(Kind.REV, base + b"@" + str(rev).encode(), parent)
-        node.provider = self
-        node.view, node.key, node.revision = view, key, rev
-        node.linked = False
-        if rev == 0:
-            node.data = b""
-        else:
-            try:
-                entry = await self.sv.store.get(view.bucket, key, rev)
-            except NotFound:
-                tree.nodes.pop(node.ino, None)
-                raise
-            node.data = entry.value
-            node.size = len(entry.value)
-            node.mtime = node.ctime = entry.time
-        return node
-
-    async def create_at(self, parent: Node, base: bytes, rev: int, flags: int, pid: int) -> Handle:
-        """``echo > FILE@REV`` where REV is not in FILE's history: the CAS is lost
-        (ESTALE), unless REV is 0 and FILE does not exist (create only)."""
-        view = parent.view
-        assert view is not None
-        key = self._key_of(parent, base)
-        current = await self.kv.current_revision(view, key)
-        if current != rev:
-            raise Conflict(f"{view.bucket}/{key}: revision {rev} is not current "
-                           f"(current: {current or 'none'}); read the file again", current)
-        node = await self.node(parent, base, rev)
-        return await self.open(node, flags | os.O_WRONLY, pid)
-
-    def size(self, node: Node) -> int:
-        return len(node.data or b"")
-
-    async def open(self, node: Node, flags: int, pid: int) -> Handle:
-        view = node.view
-        assert view is not None
-        if not flags & _WRITE:
-            return Handle(0, node, False, node.data or b"", node.revision)
-        self.writable()
-        if node.revision == 0:
-            # FILE@0: create only if absent, now, like any open(O_CREAT) of a new name.
-            try:
-                with view.muted(node.key):
-                    rev = await self.sv.store.create(view.bucket, node.key, b"")
-            except Exists:
-                current = await self.kv._safe_current(view, node.key)
-                raise Conflict(f"{view.bucket}/{node.key} exists (revision {current or '?'}); "
-                               "@0 creates only a key that does not exist", current) from None
-            view.put(node.key, rev, 0, time.time(), notify=False)
-            return Handle(0, node, True, bytearray(), rev, created=True)
-        current = await self.kv.current_revision(view, node.key)
-        if current != node.revision:
-            raise Conflict(f"{view.bucket}/{node.key}: revision {node.revision} is not current "
-                           f"(current: {current or 'none'})", current)
-        trunc = bool(flags & os.O_TRUNC)
-        buf = bytearray() if trunc else bytearray(node.data or b"")
-        return Handle(0, node, True, buf, node.revision, dirty=trunc and bool(node.data))
-
-    async def write(self, h: Handle, off: int, buf: bytes) -> int:
-        return await self.kv.write(h, off, buf)
-
-    async def truncate(self, h: Handle, size: int) -> None:
-        await self.kv.truncate(h, size)
-
-    async def check_size(self, h: Handle, size: int, intended: Callable[[], bytes]) -> None:
-        await self.kv.check_size(h, size, intended)
-
-    async def flush(self, h: Handle, final: bool) -> None:
-        await self.kv.flush(h, final)
-
-    def xattr_names(self, node: Node) -> list[bytes]:
-        return list(XATTRS)
-
-    async def xattrs(self, node: Node, pid: int) -> dict[bytes, bytes]:
-        return await self.kv.xattrs(node, pid)
-
-
-class BucketsProvider(Provider):
-    """``kv/``: one directory per bucket; ``mkdir kv/NAME`` creates a bucket."""
-
-    def __init__(self, sv: Services, kv: KvProvider, root: Node) -> None:
-        super().__init__(sv)
-        self.kv = kv
-        self.root = root
-        root.provider = self
-        self._lock = trio.Lock()
-
-    async def refresh(self) -> None:
-        """Keep kv/ in step with the server's buckets.
-
-        Serialised: a listing is applied only by the task that took it, while
-        no other refresh is adding or dropping views.
-        """
-        async with self._lock:
-            infos = await self.sv.store.buckets()
-            names = {bi.name for bi in infos}
-            d, tree = self.root, self.sv.tree
-            assert d.children is not None
-            for name in sorted(names):
-                if name.encode() not in d.children:
-                    root = tree.new(Kind.DIR, name.encode(), d)
-                    root.local = True
-                    tree.attach(d, root)
-                    tree.notify(d, root.name, root, "mkdir")
-                    await self.kv.bind(root, name)
-            for child in list(d.children.values()):
-                bucket = child.name.decode()
-                if bucket not in names:
-                    await self.kv.unbind(bucket, child)
-                    tree.detach(child)
-                    tree.notify(d, child.name, child, "delete")
-
-    async def lookup(self, parent: Node, name: bytes, echo: bool) -> Node | None:
-        assert parent.children is not None
-        child = parent.children.get(name)
-        if child is None and re.fullmatch(rb"[a-zA-Z0-9_-]+", name):
-            # An unknown kv/NAME: one stream-info call, not a full listing.
-            try:
-                await self.sv.store.bucket(name.decode())
-            except NotFound:
-                return None
-            await self.refresh()
-            child = parent.children.get(name)
-        return child
-
-    async def listing(self, d: Node) -> None:
-        try:
-            await self.refresh()
-        except HvfsError as e:
-            log.warning("bucket list: %s", e.reason)
-
-    async def mkdir(self, parent: Node, name: bytes) -> Node:
-        self.writable()
-        bucket = name.decode(errors="replace")
-        if not re.fullmatch(r"[a-zA-Z0-9_-]+", bucket):
-            raise InvalidName(f"{bucket!r} is not a valid bucket name")
-        await self.refresh()
-        assert parent.children is not None
-        if name in parent.children:
-            raise Exists(f"bucket {bucket} exists")
-        await self.sv.store.create_bucket(bucket)
-        await self.refresh()
-        return parent.children[name]
-
-    async def open(self, node: Node, flags: int, pid: int) -> Handle:
-        raise IsADirectory(f"{display(node)} is a directory")
-
-    async def create(self, parent: Node, name: bytes, flags: int, pid: int) -> Handle:
-        raise NotPermitted(f"{display(parent)}: only bucket directories hold files")
-
