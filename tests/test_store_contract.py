@@ -1,9 +1,8 @@
 """The store contract: one suite, run on MemoryStore and on NatsStore against a real nats-server.
 
-Where the two differ the real server is right and MemoryStore follows. Some
-cases pin what NatsStore answers today though another answer would be better
-(marked "today"): a change there changes MemoryStore and the case together.
-The memory store's own test switches are tried at the end.
+Where the two differ the real server is right and MemoryStore follows; what
+hvfs makes of the server's answer (which error, when) is the store's choice,
+pinned here. The memory store's own test switches are tried at the end.
 """
 
 from __future__ import annotations
@@ -22,6 +21,8 @@ from hvfs.errors import (
     Conflict,
     Exists,
     Invalid,
+    InvalidName,
+    NameTooLong,
     NotFound,
     NotPermitted,
     PermissionDenied,
@@ -77,6 +78,10 @@ class Backend:
                    deny_delete: bool = False) -> None:
         raise NotImplementedError
 
+    async def delete_bucket(self, store: Store, name: str) -> None:
+        """Another client deletes a bucket (the store has no call for it)."""
+        raise NotImplementedError
+
 
 class MemoryBackend(Backend):
     kind = "memory"
@@ -97,6 +102,10 @@ class MemoryBackend(Backend):
         assert isinstance(store, MemoryStore)
         store.add_stream(name, subjects, max_msg_size, deny_delete)
 
+    async def delete_bucket(self, store: Store, name: str) -> None:
+        assert isinstance(store, MemoryStore)
+        del store._streams[f"KV_{name}"]
+
 
 class NatsBackend(Backend):
     kind = "nats"
@@ -113,6 +122,9 @@ class NatsBackend(Backend):
     def add_stream(self, store: Store, name: str, subjects: list[str], max_msg_size: int = -1,
                    deny_delete: bool = False) -> None:
         add_stream(self.raw, name, subjects, max_msg_size=max_msg_size, deny_delete=deny_delete)
+
+    async def delete_bucket(self, store: Store, name: str) -> None:
+        await trio.to_thread.run_sync(lambda: self.raw.run(self.raw.js.delete_key_value(name)))
 
 
 @pytest.fixture(params=["memory", "nats"])
@@ -295,17 +307,51 @@ def test_watch_empty_and_missing_bucket(backend: Backend) -> None:
         assert changes(await sink.wait_len(3)) == [("first", Op.PUT, 1, 1)]
         await w.stop()
         missing = fresh("nobucket")
+        errors = store.state.errors
+        nothing = Sink()
         with pytest.raises(NotFound):
-            await store.watch(missing, Sink())
+            await store.watch(missing, nothing)
         with pytest.raises(NotFound):
             await store.get(missing, "k")
         with pytest.raises(NotFound):
+            await store.get(missing, "k", 1)
+        with pytest.raises(NotFound):
             await store.bucket(missing)
-        # A publish no stream takes has no responder: Unavailable, not NotFound (today).
-        with pytest.raises(Unavailable):
+        # A write to a missing bucket has no responder on NATS: the store asks whether the
+        # bucket is there (only then) and answers NotFound, as get does.
+        with pytest.raises(NotFound):
             await store.create(missing, "k", b"v")
-        with pytest.raises(Unavailable):
+        with pytest.raises(NotFound):
+            await store.update(missing, "k", b"v", 1)
+        with pytest.raises(NotFound):
             await store.delete(missing, "k")
+        with pytest.raises(NotFound):
+            await store.delete(missing, "k", 3)
+        assert store.state.errors == errors  # answers, not failures of NATS
+        await trio.sleep(0.1)
+        assert nothing.items == []  # a watch that failed sent nothing, not even RESYNC
+
+    backend.run(body)
+
+
+def test_bucket_deleted_under_a_direct_get(backend: Backend) -> None:
+    async def body(store: Store) -> None:
+        b = fresh("gone")
+        await store.create_bucket(b)  # direct gets on: a get of a gone bucket has no responder
+        await store.create(b, "k", b"v")
+        assert (await store.get(b, "k")).value == b"v"
+        other = backend.other(store)
+        await other.start()
+        try:
+            await backend.delete_bucket(other, b)
+        finally:
+            await other.close()
+        with pytest.raises(NotFound):
+            await store.get(b, "k")
+        with pytest.raises(NotFound):
+            await store.update(b, "k", b"w", 1)
+        with pytest.raises(NotFound):
+            await store.watch(b, Sink())
 
     backend.run(body)
 
@@ -380,6 +426,99 @@ def test_too_large(backend: Backend) -> None:
         with pytest.raises(TooLarge):
             await store.create(big, "huge", b"x" * (store.max_payload + 1))
         assert await store.create(big, "fine", b"x" * 1000) > 0  # still connected, still working
+
+    backend.run(body)
+
+
+def cas_headers(bucket: str, last: int) -> int:
+    """Header bytes of a create (last 0) or update: what base.Store's docs tell callers to subtract."""
+    return 78 + len(bucket) + len(str(last))
+
+
+def test_too_large_counts_the_headers(backend: Backend) -> None:
+    async def body(store: Store) -> None:
+        b = fresh("edge")
+        backend.add_bucket(store, b, max_value_size=200)
+        fits = 200 - cas_headers(b, 0)
+        r = await store.create(b, "k", b"x" * fits)
+        with pytest.raises(TooLarge):
+            await store.create(b, "k2", b"x" * (fits + 1))
+        with pytest.raises(TooLarge):
+            await store.update(b, "k", b"x" * (200 - cas_headers(b, r) + 1), r)
+        assert await store.update(b, "k", b"x" * (200 - cas_headers(b, r)), r) == r + 1
+        big = fresh("edgebig")
+        await store.create_bucket(big)
+        fits = store.max_payload - cas_headers(big, 0)
+        # One byte over with the headers: the server would drop the connection; the store refuses it.
+        with pytest.raises(TooLarge):
+            await store.create(big, "over", b"x" * (fits + 1))
+        assert store.state.connected
+        assert await store.create(big, "edge", b"x" * fits) > 0
+        s = fresh("EDGES")
+        backend.add_stream(store, s, [f"{s.lower()}.>"])
+        # a publish sends Nats-Msg-Id and Nats-Expected-Stream: 51 + len(id) + len(stream)
+        with pytest.raises(TooLarge):
+            await store.publish(f"{s.lower()}.x", b"x" * (store.max_payload - 51 - 2 - len(s) + 1), s, "id")
+        assert store.state.connected
+        assert await store.publish(f"{s.lower()}.x", b"x", s, "id") == 1
+
+    backend.run(body)
+
+
+def test_invalid_names(backend: Backend) -> None:
+    async def body(store: Store) -> None:
+        b = fresh("names")
+        await store.create_bucket(b)
+        calls, errors = store.state.calls, store.state.errors
+        for name in ("a.b", "a b", "", "a*", ">", "ä", "a/b", "x" * 253):
+            with pytest.raises(InvalidName, match="bucket name"):
+                await store.create_bucket(name)
+        with pytest.raises(NameTooLong):
+            await store.create_bucket("x" * 253)
+        for name in ("a.b", "a b", "", "*", ">", "a/b"):
+            with pytest.raises(InvalidName):
+                await store.bucket(name)
+            with pytest.raises(InvalidName):
+                await store.get(name, "k")
+            with pytest.raises(InvalidName):
+                await store.watch(name, Sink())
+        bad_keys = ("*", ">", "a.*", "a.>", "*.a", "a*b", "a>", "", ".a", "a.", "a..b", ".",
+                    "a b", " ", "a\tb", "a\nb", "a\rb", "a\x00b")
+        for key in bad_keys:
+            with pytest.raises(InvalidName):
+                await store.get(b, key)
+            with pytest.raises(InvalidName):
+                await store.get(b, key, 1)
+            with pytest.raises(InvalidName):
+                await store.create(b, key, b"v")
+            with pytest.raises(InvalidName):
+                await store.update(b, key, b"v", 1)
+            with pytest.raises(InvalidName):
+                await store.delete(b, key)
+        st = fresh("NAMES")
+        backend.add_stream(store, st, [f"{st.lower()}.>"])
+        calls = store.state.calls
+        for sub in ("", "a b", f"{st.lower()}.*", f"{st.lower()}.>", f"{st.lower()}.a..b", f"{st.lower()}.",
+                    f"{st.lower()}.a\tb", f"{st.lower()}.x*"):
+            with pytest.raises(InvalidName):
+                await store.publish(sub, b"", st, "id")
+        with pytest.raises(NameTooLong):
+            await store.publish(f"{st.lower()}." + "s" * 3840, b"", st, "id")
+        # Caught before any request: no call made, none failed.
+        assert (store.state.calls, store.state.errors) == (calls, errors)
+        # A key too long for a PUB line (a direct get's request subject holds it too):
+        # the server would drop the connection.
+        for call in (lambda k: store.create(b, k, b"v"), lambda k: store.update(b, k, b"v", 1),
+                     lambda k: store.delete(b, k), lambda k: store.get(b, k)):
+            with pytest.raises(NameTooLong):
+                await call("k" * 3800)
+        # What the server takes beyond the KV clients' [-/_=.a-zA-Z0-9] works too.
+        for key in ("ä", "a@b", "a#b", "x" * 3000, "a/b.c=d_e-f"):
+            r = await store.create(b, key, key.encode())
+            assert (await store.get(b, key)).value == key.encode()
+            await store.delete(b, key, r)
+        assert store.state.connected
+        assert await store.create(b, "after", b"ok") > 0
 
     backend.run(body)
 
@@ -470,24 +609,36 @@ def test_delete_msg(backend: Backend) -> None:
         with pytest.raises(NotFound):
             await store.get_msg(s, 2)
         assert ((await store.stream(s)).first_seq, (await store.stream(s)).last_seq) == (1, 3)
-        # Deleting what is not there, today: a gap inside the stream is NotPermitted (the
-        # server answers 400), before the first or past the last message Invalid.
-        with pytest.raises(NotPermitted):
+        errors = store.state.errors
+        # Deleting what is not there is NotFound wherever the sequence is. The server says
+        # it three ways: a gap inside the stream 10043 (400), before the first message
+        # (and 0) 10057 "no message found", past the last 10057 "stream store EOF".
+        with pytest.raises(NotFound):
             await store.delete_msg(s, 2)
         await store.delete_msg(s, 1)
         assert ((await store.stream(s)).first_seq, (await store.stream(s)).last_seq) == (3, 3)
-        for seq in (2, 0, 99):
-            with pytest.raises(Invalid):
+        for seq in (2, 0, 4, 99):
+            with pytest.raises(NotFound):
                 await store.delete_msg(s, seq)
         with pytest.raises(NotFound):
             await store.delete_msg(fresh("NOSTREAM"), 1)
         await store.delete_msg(s, 3)
         assert ((await store.stream(s)).first_seq, (await store.stream(s)).last_seq) == (4, 3)
+        for seq in (0, 1, 3, 4, 5):  # every message deleted
+            with pytest.raises(NotFound):
+                await store.delete_msg(s, seq)
+        empty = fresh("DELE")
+        backend.add_stream(store, empty, [f"{empty.lower()}.>"])
+        for seq in (0, 1, 2):
+            with pytest.raises(NotFound):
+                await store.delete_msg(empty, seq)
+        assert store.state.errors == errors  # NotFound is an answer
         keep = fresh("KEEP")
         backend.add_stream(store, keep, [f"{keep.lower()}.>"], deny_delete=True)
         seq = await store.publish(f"{keep.lower()}.x", b"x", keep, "k1")
-        with pytest.raises(NotPermitted):
-            await store.delete_msg(keep, seq)
+        for which in (seq, seq + 1, 0):  # the server checks deny_delete before the sequence
+            with pytest.raises(NotPermitted):
+                await store.delete_msg(keep, which)
         assert (await store.get_msg(keep, seq)).data == b"x"
         b = fresh("kvdel")
         await store.create_bucket(b)
@@ -536,8 +687,11 @@ def test_stream_watch(backend: Backend) -> None:
         w2 = await store.stream_watch(empty, sink2)
         assert await sink2.synced() == [RESYNC, SYNCED]
         await w2.stop()
+        nothing = Sink()
         with pytest.raises(NotFound):
-            await store.stream_watch(fresh("NOSTREAM"), Sink())
+            await store.stream_watch(fresh("NOSTREAM"), nothing)
+        await trio.sleep(0.1)
+        assert nothing.items == []  # not even RESYNC
 
     backend.run(body)
 
@@ -644,6 +798,77 @@ def test_queue_shared_by_two_mounts(backend: Backend) -> None:
             await other.close()
 
     backend.run(body)
+
+
+def test_queue_stop(backend: Backend) -> None:
+    async def body(store: Store) -> None:
+        s = fresh("QX")
+        subj = s.lower()
+        backend.add_stream(store, s, [f"{subj}.>"])
+        for i in range(40):
+            await store.publish(f"{subj}.x", b"%d" % i, s, f"x{i}")
+        sink = Sink()
+        q = await store.queue(s, "stopped", sink, ack_wait=1.0, max_held=40)
+        await sink.wait_len(1)
+        await q.stop()  # from trio, maybe with deliveries on their way to the sink
+        n = len(sink.items)
+        assert all(isinstance(m, QueueMsg) for m in sink.items)
+        for i in range(3):
+            await store.publish(f"{subj}.y", b"late", s, f"y{i}")
+        # Past the let-go time (0.5 s) and the ack wait: no QueueGone, no redelivery, nothing new.
+        await trio.sleep(1.5)
+        assert len(sink.items) == n
+        await q.stop()  # twice is fine
+        # The consumer lives on: another hold on it gets what this one let go, and the rest.
+        again = Sink()
+        q2 = await store.queue(s, "stopped", again, create=False, max_held=50)
+        want = set(range(1, 44))
+        await again.wait(lambda items: {m.seq for m in items if isinstance(m, QueueMsg)} >= want, 8.0)
+        await q2.stop()
+        assert len(sink.items) == n
+
+    backend.run(body)
+
+
+def test_nats_jetstream_gone_is_unavailable_not_not_found(tmp_path: Any) -> None:
+    """"No responders" is also what a server without JetStream answers: that is no NotFound."""
+    import subprocess
+
+    from hvfs.server import EmbeddedServer, find_nats_server
+
+    js = EmbeddedServer(tmp_path / "js")
+    js.start()
+    plain: subprocess.Popen[bytes] | None = None
+
+    def start_plain() -> subprocess.Popen[bytes]:  # the same port, no -js
+        return subprocess.Popen([find_nats_server(), "-a", "127.0.0.1", "-p", str(js.port)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    try:
+        async def body(store: Store) -> None:
+            nonlocal plain
+            b = fresh("jsgone")
+            await store.create_bucket(b)
+            r = await store.create(b, "k", b"v")
+            await trio.to_thread.run_sync(js.stop)
+            plain = await trio.to_thread.run_sync(start_plain)
+            with trio.fail_after(10):
+                while True:  # reconnected to the server without JetStream
+                    await trio.sleep(0.1)
+                    if store.state.connected and store.state.reconnects:
+                        break
+            for call in (lambda: store.create(b, "k2", b"v"), lambda: store.update(b, "k", b"w", r),
+                         lambda: store.delete(b, "k"), lambda: store.get(b, "k"),
+                         lambda: store.get(b, "k", r), lambda: store.watch(b, Sink())):
+                with pytest.raises(Unavailable):
+                    await call()
+
+        run(NatsStore(ConnectOptions(servers=[js.url], timeout=2.0)), body)
+    finally:
+        if plain is not None:
+            plain.terminate()
+            plain.wait(10)
+        js.stop()
 
 
 # -- MemoryStore's test switches -------------------------------------------------------

@@ -26,8 +26,8 @@ from hvfs.errors import HvfsError, NotFound, errno_of
 from hvfs.names import decode_token
 from hvfs.store.memory import MemoryStore
 from hvfs.vfs.core import DEFAULT_MAX_PAYLOAD, Core
-from hvfs.vfs.kv import cas_header_bytes
 from hvfs.vfs.handles import Handle
+from hvfs.vfs.kv import cas_header_bytes
 from hvfs.vfs.tree import Node
 
 PID = os.getpid()  # the process that holds the handles this file opens

@@ -4,7 +4,48 @@ All methods are trio-async, bounded in time, and raise only ``HvfsError``
 subclasses (``hvfs.errors``: NotFound, Exists, Conflict, PermissionDenied,
 TooLarge, Unavailable, Timeout, ...). Implementations: ``hvfs.store.nats``
 (the only module that imports nats-py) and ``hvfs.store.memory`` (an
-in-memory double, trusted because it passes the same contract suite).
+in-memory double, trusted because it passes the same contract suite,
+``tests/test_store_contract.py``, which pins every answer listed here).
+
+Errors any call may raise (each method lists only its own):
+
+- ``Unavailable`` (EIO): not connected to NATS, JetStream not answering (no
+  responders), the connection failing under the call.
+- ``Timeout`` (ETIMEDOUT): no answer within ``Store.timeout``.
+- ``PermissionDenied`` (EACCES): the NATS user may not publish or subscribe to
+  the call's subject (the server sends no reply; the store fails it at once).
+
+``NotFound``, ``Exists`` and ``Conflict`` are answers, not failures of NATS:
+``StoreState.errors`` does not count them. ``InvalidName`` (and its
+``NameTooLong``) is raised before any request is made: not counted as a call.
+
+Names:
+
+- A new bucket's name is ``[a-zA-Z0-9_-]+``, at most 252 characters (its
+  stream ``KV_<name>`` at most 255); a bucket made elsewhere may have any name a
+  stream can have (no ``.``, ``*``, ``>``, ``/``, ``\\``, white space or control
+  character) and is reached by it.
+- A key is a literal subject tail: not empty, no empty ``.``-separated token
+  (no leading, trailing or double ``.``), no ``*`` or ``>`` anywhere (a
+  wildcard would match or overwrite other keys), no white space or control
+  character. Other characters the server takes (``@``, ``#``, non-ASCII)
+  work, though the KV clients write only ``[-/_=.a-zA-Z0-9]``. A key longer
+  than ``3812 - 2 * len(bucket)`` bytes (UTF-8) is ``NameTooLong``: the request
+  subject of a direct get, ``$JS.API.DIRECT.GET.KV_<bucket>.$KV.<bucket>.<key>``,
+  stays within 3840 bytes, well inside the server's 4096-byte protocol line
+  (a longer line makes the server drop the connection).
+
+Sizes: the server counts a message's headers in its size, against the
+connection's ``max_payload`` and against a bucket's ``max_value_size`` (its
+stream's max message size) alike. A ``create`` or ``update`` sends
+``Nats-Expected-Last-Subject-Sequence: <revision>`` and ``Nats-Expected-Stream:
+KV_<bucket>``: ``78 + len(bucket) + len(str(revision))`` bytes (``create``:
+revision 0, or the delete marker's when it writes over one), never more than
+``98 + len(bucket)``. So the largest value a write stores is
+``min(max_payload, max_value_size if > 0) - (98 + len(bucket))``: callers
+subtract it; one byte more is ``TooLarge``. A ``publish`` to a stream sends
+``Nats-Msg-Id`` and ``Nats-Expected-Stream``: ``51 + len(msg_id) + len(stream)``
+bytes.
 """
 
 from __future__ import annotations
@@ -34,7 +75,7 @@ class Op(enum.Enum):
 @dataclass(frozen=True, slots=True)
 class BucketInfo:
     name: str
-    max_value_size: int  # -1: no limit beyond the connection's max payload
+    max_value_size: int  # -1: no limit beyond the connection's max payload; headers count (see above)
     history: int
 
 
@@ -104,7 +145,11 @@ class KvEntry:
 
 @dataclass(frozen=True, slots=True)
 class KvChange:
-    """What a watch reports: one revision of one key, without its value."""
+    """What a watch reports: one revision of one key, without its value.
+
+    ``op`` DEL or PURGE: the key was deleted (a delete marker, ``size`` 0); the
+    snapshot has these too, for every key whose latest revision is a marker.
+    """
 
     bucket: str
     key: str
@@ -114,17 +159,24 @@ class KvChange:
     time: float
 
 
-#: What a watch hands the layer above, in batches, always on the trio thread:
-#: a KV watch gives KvChange items, a stream watch MsgSeen, a queue QueueMsg and
-#: QueueGone; KV and stream watches mark a (re)started snapshot with RESYNC and
-#: its end with SYNCED.
+#: What a watch hands the layer above, in batches, always on the trio thread,
+#: never inside the call that caused them: a KV watch gives KvChange items, a
+#: stream watch MsgSeen, a queue QueueMsg and QueueGone; KV and stream watches
+#: mark a (re)started snapshot with RESYNC and its end with SYNCED. A KV
+#: snapshot is the latest revision of every key in revision order, delete
+#: markers included (op DEL or PURGE, size 0): a key deleted before the watch
+#: began appears as its marker, not by its absence. After a reconnect the watch
+#: starts over: RESYNC and a fresh snapshot.
 WatchSink = Callable[[list[Any]], None]
 
 
 class Watch(Protocol):
     """A running watch (KV bucket or stream): its sink gets changes until stopped."""
 
-    async def stop(self) -> None: ...
+    async def stop(self) -> None:
+        """End the watch; nothing reaches the sink once this returns. Never raises
+        for NATS's sake (works while disconnected too); a second call is a no-op."""
+        ...
 
 
 class Queue(Protocol):
@@ -132,14 +184,23 @@ class Queue(Protocol):
 
     stream: str
     durable: str
-    ack_wait: float
+    ack_wait: float  # the consumer's own (its existing config wins over the one asked for)
 
-    async def stop(self) -> None: ...
+    async def stop(self) -> None:
+        """Stop fetching and let go: the let-go timers end, the subscription goes;
+        what is held and not acked the server redelivers after its ack wait (to this
+        or another mount). Nothing reaches the sink once this returns. Never raises
+        for NATS's sake (works while disconnected too); a second call is a no-op."""
+        ...
 
 
 @dataclass(slots=True)
 class StoreState:
-    """Counters and connection state, shown in .hvfs/status."""
+    """Counters and connection state, shown in .hvfs/status.
+
+    ``calls`` counts requests made (not calls refused for an invalid name);
+    ``errors`` counts failures, not answers (NotFound, Exists, Conflict).
+    """
 
     server: str = ""
     connected: bool = False
@@ -162,53 +223,154 @@ class Store(Protocol):
 
     @property
     def max_payload(self) -> int:
-        """The largest message the server takes, headers included."""
+        """The largest message the server takes, headers included (a write's
+        headers: see the module's "Sizes"; the store refuses what is over with
+        TooLarge rather than let the server drop the connection)."""
         ...
 
-    async def start(self) -> None: ...
+    async def start(self) -> None:
+        """Connect. Unavailable, with the reason, if NATS or its JetStream is not there."""
+        ...
 
-    async def close(self) -> None: ...
+    async def close(self) -> None:
+        """Stop every watch and queue, then disconnect. Never raises for NATS's sake."""
+        ...
 
     # -- KV buckets and keys
 
-    async def buckets(self) -> list[BucketInfo]: ...
+    async def buckets(self) -> list[BucketInfo]:
+        """Every KV bucket (stream ``KV_<name>``) on the server."""
+        ...
 
-    async def bucket(self, name: str) -> BucketInfo: ...
+    async def bucket(self, name: str) -> BucketInfo:
+        """NotFound: no such bucket. InvalidName: a name no bucket can have."""
+        ...
 
-    async def create_bucket(self, name: str, history: int = 10) -> BucketInfo: ...
+    async def create_bucket(self, name: str, history: int = 10) -> BucketInfo:
+        """Make a bucket (direct gets on); the same again returns it, no error.
+
+        InvalidName: ``name`` is not ``[a-zA-Z0-9_-]+`` (NameTooLong: over 252
+        characters). Invalid: ``history`` over 64, or the bucket exists with
+        another configuration.
+        """
+        ...
 
     def forget_bucket(self, name: str) -> None:
         """Drop what is cached about a bucket that is gone."""
         ...
 
-    async def get(self, bucket: str, key: str, revision: int | None = None) -> KvEntry: ...
+    async def get(self, bucket: str, key: str, revision: int | None = None) -> KvEntry:
+        """The key's latest value (``revision`` None or 0) or the one at ``revision``.
 
-    async def create(self, bucket: str, key: str, value: bytes) -> int: ...
+        NotFound: no such bucket; the key was never written; its latest revision
+        is a delete marker; ``revision`` is gone from the history, another key's,
+        a marker, or not yet written. InvalidName/NameTooLong: see "Names".
+        """
+        ...
 
-    async def update(self, bucket: str, key: str, value: bytes, last: int) -> int: ...
+    async def create(self, bucket: str, key: str, value: bytes) -> int:
+        """Write a key that has no value (never written, or deleted: over its
+        marker); its new revision.
 
-    async def delete(self, bucket: str, key: str, last: int | None = None) -> None: ...
+        Exists: the key has a value. NotFound: no such bucket. TooLarge: value and
+        headers over ``max_payload`` or the bucket's ``max_value_size`` (see
+        "Sizes"). InvalidName/NameTooLong: see "Names".
+        """
+        ...
 
-    async def watch(self, bucket: str, sink: WatchSink) -> Watch: ...
+    async def update(self, bucket: str, key: str, value: bytes, last: int) -> int:
+        """Compare and swap: write if ``last`` is the key's current revision; the new revision.
+
+        ``last`` 0: only if the key has no message at all (like create, but a
+        delete marker counts: its revision is the key's current one). Conflict:
+        ``last`` is not current (``current`` is None: not known). NotFound: no
+        such bucket. TooLarge, InvalidName/NameTooLong: as for create.
+        """
+        ...
+
+    async def delete(self, bucket: str, key: str, last: int | None = None) -> None:
+        """Write a delete marker (op DEL), also for a key that never was; with
+        ``last``, only if it is the key's current revision.
+
+        Conflict: ``last`` is not current. NotFound: no such bucket.
+        InvalidName/NameTooLong: see "Names".
+        """
+        ...
+
+    async def watch(self, bucket: str, sink: WatchSink) -> Watch:
+        """RESYNC, the snapshot (delete markers included, see WatchSink), SYNCED,
+        then every change, until stopped.
+
+        NotFound: no such bucket; the sink gets nothing, not even RESYNC.
+        InvalidName: a name no bucket can have.
+        """
+        ...
 
     # -- streams
 
-    async def streams(self) -> list[StreamInfo]: ...
+    async def streams(self) -> list[StreamInfo]:
+        """Every stream that is not a KV (``KV_``) or object store (``OBJ_``) bucket's."""
+        ...
 
-    async def stream(self, name: str) -> StreamInfo: ...
+    async def stream(self, name: str) -> StreamInfo:
+        """NotFound: no such stream."""
+        ...
 
-    async def get_msg(self, stream: str, seq: int, direct: bool = False) -> StreamMsg: ...
+    async def get_msg(self, stream: str, seq: int, direct: bool = False) -> StreamMsg:
+        """The message at ``seq``; ``direct``: a direct get (the stream must allow them).
 
-    async def publish(self, subject: str, data: bytes, stream: str, msg_id: str) -> int: ...
+        NotFound: no such stream, or no message at ``seq`` (deleted, purged, not
+        yet written). Invalid: ``seq`` 0. Unavailable: ``direct`` on a stream
+        without direct gets, or a missing one (no responder).
+        """
+        ...
 
-    async def delete_msg(self, stream: str, seq: int) -> None: ...
+    async def publish(self, subject: str, data: bytes, stream: str, msg_id: str) -> int:
+        """Append one message to ``stream``; its sequence. A ``msg_id`` seen within
+        the stream's duplicate window (2 min by default) returns the first's
+        sequence and appends nothing.
 
-    async def stream_watch(self, stream: str, sink: WatchSink) -> Watch: ...
+        Unavailable: no stream takes ``subject`` (no responder). Invalid:
+        another stream than ``stream`` takes it. TooLarge: data and headers over
+        ``max_payload`` or the stream's max message size. InvalidName:
+        ``subject`` is no literal subject (the rules for keys in "Names");
+        NameTooLong: over 3840 bytes.
+        """
+        ...
+
+    async def delete_msg(self, stream: str, seq: int) -> None:
+        """Delete one message.
+
+        NotPermitted: the stream denies deletes (every KV bucket's does), whatever
+        ``seq`` is. NotFound: no such stream, or no message at ``seq`` (a gap,
+        before the first, past the last, 0).
+        """
+        ...
+
+    async def stream_watch(self, stream: str, sink: WatchSink) -> Watch:
+        """RESYNC, every message of the stream (MsgSeen), SYNCED, then every append.
+
+        NotFound: no such stream; the sink gets nothing, not even RESYNC.
+        """
+        ...
 
     # -- work queues (durable pull consumers)
 
     async def queue(self, stream: str, durable: str, sink: WatchSink, *, create: bool = True,
                     filter_subject: str | None = None, ack_wait: float = 30.0,
-                    max_held: int = 4) -> Queue: ...
+                    max_held: int = 4) -> Queue:
+        """Hold up to ``max_held`` deliveries of the durable consumer at a time:
+        QueueMsg for each, QueueGone when the mount lets go of one unacked (shortly
+        before the ack wait ends; the server redelivers it then).
 
-    async def ack(self, q: Queue, seq: int) -> None: ...
+        NotFound: no such stream, or ``create`` is False and no such consumer. An
+        existing consumer keeps its own configuration (``ack_wait``, filter).
+        """
+        ...
+
+    async def ack(self, q: Queue, seq: int) -> None:
+        """Acknowledge a held delivery: done, not redelivered.
+
+        NotFound: ``seq`` is not held by ``q`` (never delivered, acked, or let go).
+        """
+        ...

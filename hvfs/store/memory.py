@@ -3,10 +3,9 @@
 What a nats-server keeps: streams of messages, one sequence per stream; a KV
 bucket is the stream ``KV_<name>`` on ``$KV.<name>.>`` with per-key history;
 a key's revision is its last message's sequence. Answers and error classes are
-NatsStore's against a real server today, quirks included
-(``tests/test_store_contract.py`` runs one suite on both). Simplified: a message
-over ``max_payload`` (headers counted) raises TooLarge where the server drops
-the connection; no TTLs, purges or stream limits but history and message size.
+NatsStore's against a real server (``tests/test_store_contract.py`` runs one
+suite on both). Simplified: no TTLs, purges or stream limits but history and
+message size.
 
 Test switches: ``disconnect``/``reconnect`` (watches resync), ``deny(pattern)``,
 ``fail_next(exc)``, ``add_bucket``/``add_stream``, and ``peer()``: another
@@ -32,6 +31,8 @@ from ..errors import (
     Exists,
     HvfsError,
     Invalid,
+    InvalidName,
+    NameTooLong,
     NotFound,
     NotPermitted,
     PermissionDenied,
@@ -66,8 +67,37 @@ _LAST = "Nats-Expected-Last-Subject-Sequence"
 _EXPECT = "Nats-Expected-Stream"
 _CHUNK = 256
 _DUPE_WINDOW = 120.0  # nats-py's KV default; streams made by add_stream get the server's, also 2 min
-_KEY_RE = re.compile(r"^[-/_=.a-zA-Z0-9]+$")
+# The names NatsStore lets through (see hvfs.store.nats, which says why).
 _BUCKET_RE = re.compile(r"^[a-zA-Z0-9_-]+$")
+_MAX_BUCKET = 255 - len("KV_")
+_NOT_IN_BUCKET = re.compile(r"[\s\x00-\x1f\x7f.*>/\\]")
+_NOT_IN_KEY = re.compile(r"[\s\x00-\x1f\x7f*>]")
+_MAX_SUBJECT = 3840
+
+
+def _check_bucket(name: str, what: str) -> None:
+    if not name or len(name) > _MAX_BUCKET or _NOT_IN_BUCKET.search(name):
+        raise InvalidName(f"{what}: {name!r} is not a bucket name")
+
+
+def _check_new_bucket(name: str, what: str) -> None:
+    if len(name) > _MAX_BUCKET:
+        raise NameTooLong(f"{what}: a bucket name has at most {_MAX_BUCKET} characters, not {len(name)}")
+    if not _BUCKET_RE.match(name):
+        raise InvalidName(f"{what}: {name!r} is not a bucket name: only letters, digits, '-' and '_'")
+
+
+def _literal(name: str) -> bool:
+    return bool(name) and not (name.startswith(".") or name.endswith(".") or ".." in name
+                               or _NOT_IN_KEY.search(name))
+
+
+def _check_key(bucket: str, key: str, what: str) -> None:
+    _check_bucket(bucket, what)
+    if not _literal(key):
+        raise InvalidName(f"{what}: {key!r} is not a key")
+    if len(f"$JS.API.DIRECT.GET.KV_{bucket}.$KV.{bucket}.{key}".encode()) > _MAX_SUBJECT:
+        raise NameTooLong(f"{what}: a key of {len(key.encode())} bytes is longer than a NATS subject here carries")
 
 
 def subject_matches(pattern: str, subject: str) -> bool:
@@ -83,11 +113,11 @@ def subject_matches(pattern: str, subject: str) -> bool:
 
 def _hdr_size(headers: dict[str, str]) -> int:
     """Wire bytes of "NATS/1.0\\r\\n", "k: v\\r\\n"..., "\\r\\n": the server counts them as message size."""
-    return 12 + sum(len(k) + len(v) + 4 for k, v in headers.items()) if headers else 0
+    return 12 + sum(len(k.encode()) + len(v.encode()) + 4 for k, v in headers.items()) if headers else 0
 
 
 def _no_stream(what: str) -> Unavailable:
-    return Unavailable(f"{what}: NoStreamResponseError: nats: no response from stream")  # no responder
+    return Unavailable(f"{what}: no JetStream responder (bucket or stream missing?)")  # no stream takes it
 
 
 @dataclass(slots=True)
@@ -158,7 +188,7 @@ class _Stream:
 
     def check_size(self, data: bytes, headers: dict[str, str], max_payload: int, what: str) -> None:
         size = len(data) + _hdr_size(headers)
-        if len(data) > max_payload or size > max_payload:
+        if len(data) > max_payload or size > max_payload:  # NatsStore refuses it before sending
             raise TooLarge(f"{what}: value larger than the server's max payload")
         if 0 < self.max_msg_size < size:
             raise TooLarge(f"{what}: value larger than the bucket allows")
@@ -295,6 +325,7 @@ class _Queue:
                     await self._wake.wait()
 
     async def stop(self) -> None:
+        """Stop fetching; what is held the consumer redelivers after the ack wait; nothing reaches the sink after."""
         self._scope.cancel()
         self._emitter.closed = True
         with contextlib.suppress(ValueError):
@@ -404,19 +435,20 @@ class MemoryStore:
             st.bucket_info() for n, st in sorted(self._streams.items()) if n.startswith("KV_")])
 
     async def bucket(self, name: str) -> BucketInfo:
+        _check_bucket(name, f"bucket {name}")
         return await self._call(f"bucket {name}", f"$JS.API.STREAM.INFO.KV_{name}",
                                 lambda: self._stream(f"KV_{name}", f"no KV bucket {name!r}").bucket_info())
 
     async def create_bucket(self, name: str, history: int = 10) -> BucketInfo:
         what = f"create bucket {name}"
+        _check_new_bucket(name, what)
         return await self._call(what, "$JS.API.STREAM.CREATE", lambda: self.add_bucket(name, history, what=what))
 
     def add_bucket(self, name: str, history: int = 10, max_value_size: int = -1, *,
                    what: str = "") -> BucketInfo:
         """create_bucket's work (direct gets on); a test calls it to make a bucket with a max value size."""
         what = what or f"create bucket {name}"
-        if not _BUCKET_RE.match(name):
-            raise Unavailable(f"{what}: InvalidBucketNameError: nats: JetStream.InvalidBucketNameError")
+        _check_new_bucket(name, what)
         if history > 64:
             raise Invalid(f"{what}: nats: history limited to a max of 64")
         st = _Stream(f"KV_{name}", [f"$KV.{name}.>"], max_value_size, deny_delete=True, history=history,
@@ -432,11 +464,12 @@ class MemoryStore:
     # -- keys ----------------------------------------------------------------------
 
     async def get(self, bucket: str, key: str, revision: int | None = None) -> KvEntry:
+        _check_key(bucket, key, f"get {bucket}/{key}")
         at = f"{bucket}/{key}" + (f"@{revision}" if revision else "")
         subject = f"$KV.{bucket}.{key}"
 
         def run() -> KvEntry:
-            st = self._stream(f"KV_{bucket}", f"{at}: no such key")
+            st = self._stream(f"KV_{bucket}", f"no KV bucket {bucket!r}")
             m = st.msgs.get(revision) if revision else st.last(subject)
             if m is None:
                 raise NotFound(f"{at}: no such key")
@@ -457,9 +490,6 @@ class MemoryStore:
     def _append_kv(self, st: _Stream, what: str, subject: str, value: bytes, hdrs: dict[str, str],
                    last: int | None) -> _Msg:
         """One publish with the headers NatsStore sends: size first, then the expected revision."""
-        key = subject.split(".", 2)[2]
-        if not _KEY_RE.match(key) or key.startswith(".") or key.endswith(".") or ".." in key:
-            raise Unavailable(f"{what}: BadSubjectError: nats: invalid subject")
         if last is not None:
             hdrs[_LAST] = str(last)
         hdrs[_EXPECT] = st.name
@@ -471,9 +501,10 @@ class MemoryStore:
 
     async def _put(self, bucket: str, key: str, value: bytes, last: int, create: bool) -> int:
         what, subject = f"put {bucket}/{key}", f"$KV.{bucket}.{key}"
+        _check_key(bucket, key, what)
 
         def run() -> int:
-            st = self._stream(f"KV_{bucket}", _no_stream(what))
+            st = self._stream(f"KV_{bucket}", f"no KV bucket {bucket!r}")
             if not create:
                 return self._append_kv(st, what, subject, value, {}, last).seq
             try:
@@ -489,10 +520,13 @@ class MemoryStore:
 
     async def delete(self, bucket: str, key: str, last: int | None = None) -> None:
         what, subject = f"delete {bucket}/{key}", f"$KV.{bucket}.{key}"
+        _check_key(bucket, key, what)
         await self._call(what, subject, lambda: self._append_kv(
-            self._stream(f"KV_{bucket}", _no_stream(what)), what, subject, b"", {_KV_OP: "DEL"}, last or None))
+            self._stream(f"KV_{bucket}", f"no KV bucket {bucket!r}"), what, subject, b"", {_KV_OP: "DEL"},
+            last or None))
 
     async def watch(self, bucket: str, sink: WatchSink) -> _Watch:
+        _check_bucket(bucket, f"watch {bucket}")
         return await self._watch(f"KV_{bucket}", sink, f"watch {bucket}", kv=True)
 
     async def _watch(self, name: str, sink: WatchSink, what: str, kv: bool) -> _Watch:
@@ -541,6 +575,10 @@ class MemoryStore:
     async def publish(self, subject: str, data: bytes, stream: str, msg_id: str) -> int:
         """Append one message; ``msg_id`` makes a retried publish a no-op."""
         what = f"publish {subject}"
+        if not _literal(subject):
+            raise InvalidName(f"{what}: not a literal subject")
+        if len(subject.encode()) > _MAX_SUBJECT:
+            raise NameTooLong(f"{what[:80]}...: a subject of {len(subject.encode())} bytes is longer than NATS carries here")
 
         def run() -> int:
             st = next((s for s in self._streams.values()
@@ -563,16 +601,11 @@ class MemoryStore:
 
     async def delete_msg(self, stream: str, seq: int) -> None:
         def run() -> None:
-            st = self._stream(stream, f"{stream}: no message {seq}")
-            # The error classes NatsStore maps the server's answers to today.
-            if st.deny_delete:
-                raise NotPermitted(f"{stream}: message delete not permitted")
-            if seq > st.last_seq:
-                raise Invalid(f"delete {stream}#{seq}: stream store EOF")
-            if seq < max(st.info().first_seq, 1):
-                raise Invalid(f"delete {stream}#{seq}: no message found")
-            if seq not in st.msgs:  # a gap inside the stream: the server's answer is a 400
-                raise NotPermitted(f"{stream}: sequence {seq} not found")
+            st = self._stream(stream, f"{stream}: no stream {stream!r}")
+            if st.deny_delete:  # the server checks this before the sequence
+                raise NotPermitted(f"{stream}: message delete not permitted (the stream denies deletes)")
+            if seq not in st.msgs:  # a gap, before the first, past the last, 0: all NotFound
+                raise NotFound(f"{stream}: no message {seq}")
             st.remove(seq)
 
         await self._call(f"delete {stream}#{seq}", f"$JS.API.STREAM.MSG.DELETE.{stream}", run)

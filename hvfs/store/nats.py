@@ -31,6 +31,8 @@ from ..errors import (
     Exists,
     HvfsError,
     Invalid,
+    InvalidName,
+    NameTooLong,
     NotFound,
     NotPermitted,
     PermissionDenied,
@@ -65,8 +67,79 @@ _KV_OP = "KV-Operation"
 _MARKER = "Nats-Marker-Reason"
 _ERR_WRONG_LAST = (10071, 10164)
 _ERR_TOO_BIG = (10054,)
+_ERR_SEQ_NOT_FOUND = 10043  # a message delete of a gap inside the stream (400)
+_ERR_DELETE_FAILED = 10057  # every other refused message delete (500); the text says why
 _CHUNK = 256
 _PERM_RE = re.compile(r'permissions violation for (?:publish|subscription) to "?([^"\s]+)', re.I)
+
+# Names. The server takes any literal subject; these are what hvfs lets through
+# (the same rules in hvfs.store.memory): a new bucket is named as every KV client
+# allows, an existing one as a stream name and subject token can be; a key is a
+# literal subject tail. A PUB line over the server's 4096-byte max control line
+# makes the server drop the connection, so the longest subject a key call sends
+# (a direct get's, which holds the key's subject) stays well under it.
+_BUCKET_RE = re.compile(r"^[a-zA-Z0-9_-]+$")
+_MAX_BUCKET = 255 - len("KV_")  # the server's longest stream name
+_NOT_IN_BUCKET = re.compile(r"[\s\x00-\x1f\x7f.*>/\\]")
+_NOT_IN_KEY = re.compile(r"[\s\x00-\x1f\x7f*>]")
+_MAX_SUBJECT = 3840
+
+
+def _check_bucket(name: str, what: str) -> None:
+    """InvalidName for a name no bucket can have; no request is made for it."""
+    if not name or len(name) > _MAX_BUCKET or _NOT_IN_BUCKET.search(name):
+        raise InvalidName(f"{what}: {name!r} is not a bucket name (no '.', '*', '>', '/', '\\', "
+                          "white space or control character; 1 to 252 characters)")
+
+
+def _check_new_bucket(name: str, what: str) -> None:
+    if len(name) > _MAX_BUCKET:
+        raise NameTooLong(f"{what}: a bucket name has at most {_MAX_BUCKET} characters, not {len(name)}")
+    if not _BUCKET_RE.match(name):
+        raise InvalidName(f"{what}: {name!r} is not a bucket name: only letters, digits, '-' and '_' "
+                          "(no '.', spaces or wildcards), at least one")
+
+
+def _get_subject(bucket: str, key: str) -> str:
+    """The request subject of a direct get of a key's last value (nats-py puts the key's subject in it)."""
+    return f"$JS.API.DIRECT.GET.KV_{bucket}.$KV.{bucket}.{key}"
+
+
+def _literal_error(name: str, kind: str) -> str:
+    """Why ``name`` is no literal subject (tail), or "" if it is one."""
+    if not name:
+        return f"a {kind} cannot be empty"
+    if name.startswith(".") or name.endswith(".") or ".." in name:
+        return f"a {kind} cannot start or end with '.' or hold '..' (an empty token)"
+    m = _NOT_IN_KEY.search(name)
+    if m is not None:
+        return f"a {kind} cannot hold {m.group()!r} (no wildcard '*' or '>', white space or control character)"
+    return ""
+
+
+def _check_key(bucket: str, key: str, what: str) -> None:
+    """InvalidName for a key that is no literal subject tail (a wildcard would match
+    other keys, an empty token or white space no subject at all); no request is made."""
+    _check_bucket(bucket, what)
+    why = _literal_error(key, "key")
+    if why:
+        raise InvalidName(f"{what}: {key!r}: {why}")
+    if len(_get_subject(bucket, key).encode()) > _MAX_SUBJECT:
+        raise NameTooLong(f"{what}: a key of {len(key.encode())} bytes is longer than a NATS subject here carries")
+
+
+def _check_subject(subject: str, what: str) -> None:
+    """The same for a subject a stream message is published to."""
+    why = _literal_error(subject, "subject")
+    if why:
+        raise InvalidName(f"{what[:80]}: {why}")
+    if len(subject.encode()) > _MAX_SUBJECT:
+        raise NameTooLong(f"{what[:80]}...: a subject of {len(subject.encode())} bytes is longer than NATS carries here")
+
+
+def _hdr_size(headers: dict[str, str]) -> int:
+    """Wire bytes of "NATS/1.0\\r\\n", "k: v\\r\\n"..., "\\r\\n": the server counts them in a message's size."""
+    return 12 + sum(len(k.encode()) + len(v.encode()) + 4 for k, v in headers.items()) if headers else 0
 
 
 def _op_of(headers: dict[str, str] | None) -> Op:
@@ -182,7 +255,7 @@ class NatsStore:
     async def _close(self) -> None:
         for q in list(self._queues):
             with contextlib.suppress(Exception):
-                await q.stop()
+                await q._stop()
         for w in list(self._watches):
             with contextlib.suppress(Exception):
                 await w._stop()
@@ -224,11 +297,14 @@ class NatsStore:
     # -- the bridge --------------------------------------------------------
 
     async def _call(self, what: str, coro: Coroutine[Any, Any, T], bound: float | None = None,
-                    subject: str = "") -> T:
-        """Run ``coro`` on the NATS loop, bounded; map every error to HvfsError."""
+                    subject: str = "", always: bool = False) -> T:
+        """Run ``coro`` on the NATS loop, bounded; map every error to HvfsError.
+
+        ``always``: run it also while disconnected (a teardown whose NATS part may fail).
+        """
         bound = bound or self.timeout
         self.state.calls += 1
-        if what != "connect" and (self._nc is None or not self._nc.is_connected):
+        if what != "connect" and not always and (self._nc is None or not self._nc.is_connected):
             coro.close()
             self.state.errors += 1
             raise Unavailable(f"{what}: not connected to NATS")
@@ -263,9 +339,10 @@ class NatsStore:
                 self.state.timeouts += 1
             raise
         except Exception as e:
-            self.state.errors += 1
             err = _map_error(e, what)
-            self.state.last_error = f"{what}: {err.reason}"
+            if not isinstance(err, NotFound | Exists | Conflict):  # answers here too
+                self.state.errors += 1
+                self.state.last_error = f"{what}: {err.reason}"
             raise err from e
 
     async def _bounded(self, coro: Coroutine[Any, Any, T], bound: float, subject: str) -> T:
@@ -322,6 +399,7 @@ class NatsStore:
     async def bucket(self, name: str) -> BucketInfo:
         if name in self._info:
             return self._info[name]
+        _check_bucket(name, f"bucket {name}")
 
         async def run() -> BucketInfo:
             try:
@@ -335,6 +413,8 @@ class NatsStore:
         return await self._call(f"bucket {name}", run(), subject=f"$JS.API.STREAM.INFO.KV_{name}")
 
     async def create_bucket(self, name: str, history: int = 10) -> BucketInfo:
+        _check_new_bucket(name, f"create bucket {name}")
+
         async def run() -> BucketInfo:
             await self._js.create_key_value(bucket=name, history=history, direct=True)
             si = await self._js.stream_info(f"KV_{name}")
@@ -348,18 +428,42 @@ class NatsStore:
         self._info.pop(name, None)
         self._direct.pop(name, None)
 
+    async def _no_responder(self, bucket: str, what: str) -> HvfsError:
+        """What "no responders" on a bucket's subject means: the bucket is gone
+        (NotFound) or JetStream does not answer (Unavailable). Asked only on this
+        error path, so a call that works costs no extra request."""
+        try:
+            si = await self._js.stream_info(f"KV_{bucket}")
+        except nats.js.errors.NotFoundError:
+            self.forget_bucket(bucket)
+            return NotFound(f"no KV bucket {bucket!r}")
+        except Exception as e:
+            return Unavailable(f"{what}: no JetStream responder ({_map_error(e, 'stream info').reason})")
+        self._info[bucket] = self._bucket_info(si)  # also refreshes the direct-get flag
+        return Unavailable(f"{what}: no JetStream responder for bucket {bucket} (no stream leader, or a mirror that takes no writes?)")
+
     # -- keys --------------------------------------------------------------
 
     async def get(self, bucket: str, key: str, revision: int | None = None) -> KvEntry:
+        _check_key(bucket, key, f"get {bucket}/{key}")
         subject = f"$KV.{bucket}.{key}"
+
+        async def fetch(direct: bool) -> Any:
+            if revision:
+                return await self._js.get_msg(f"KV_{bucket}", seq=revision, direct=direct)
+            return await self._js.get_msg(f"KV_{bucket}", subject=subject, direct=direct)
 
         async def run() -> KvEntry:
             direct = self._direct.get(bucket, False)
             try:
-                if revision:
-                    msg = await self._js.get_msg(f"KV_{bucket}", seq=revision, direct=direct)
-                else:
-                    msg = await self._js.get_msg(f"KV_{bucket}", subject=subject, direct=direct)
+                try:
+                    msg = await fetch(direct)
+                except (nats.errors.NoRespondersError, nats.js.errors.NoStreamResponseError):
+                    # A direct get of a bucket that is gone (or was made again without direct gets).
+                    err = await self._no_responder(bucket, f"get {bucket}/{key}")
+                    if isinstance(err, NotFound) or self._direct.get(bucket, False):
+                        raise err from None
+                    msg = await fetch(False)
             except nats.js.errors.NotFoundError:
                 raise NotFound(f"{bucket}/{key}" + (f"@{revision}" if revision else "") + ": no such key") from None
             if msg.subject != subject or _op_of(msg.headers) is not Op.PUT:
@@ -375,20 +479,37 @@ class NatsStore:
     async def update(self, bucket: str, key: str, value: bytes, last: int) -> int:
         return await self._put(bucket, key, value, last, create=False)
 
+    def _check_payload(self, data: bytes, headers: dict[str, str], stream: str, what: str) -> None:
+        """TooLarge for a message over the server's max payload, headers counted: nats-py
+        checks the payload alone, and the server drops the connection for the rest."""
+        size = len(data) + _hdr_size({**headers, "Nats-Expected-Stream": stream})  # nats-py adds that header
+        if size > self.max_payload:
+            raise TooLarge(f"{what}: {len(data)} bytes and {size - len(data)} of headers are over "
+                           f"the server's max payload of {self.max_payload}")
+
+    async def _publish_kv(self, bucket: str, key: str, value: bytes, headers: dict[str, str], what: str) -> int:
+        """One write to a key; NotFound if the bucket is gone, Conflict if the expected revision is not current."""
+        stream = f"KV_{bucket}"
+        self._check_payload(value, headers, stream, what)
+        try:
+            ack = await self._js.publish(f"$KV.{bucket}.{key}", value, stream=stream, headers=headers)
+        except nats.js.errors.APIError as e:
+            if e.err_code in _ERR_WRONG_LAST:
+                expect = headers.get(api.Header.EXPECTED_LAST_SUBJECT_SEQUENCE)
+                raise Conflict(f"{bucket}/{key}: revision {expect} is not current") from None
+            raise
+        except (nats.errors.NoRespondersError, nats.js.errors.NoStreamResponseError):
+            raise await self._no_responder(bucket, what) from None
+        return int(ack.seq)
+
     async def _put(self, bucket: str, key: str, value: bytes, last: int, create: bool) -> int:
+        what = f"put {bucket}/{key}"
+        _check_key(bucket, key, what)
         subject = f"$KV.{bucket}.{key}"
 
         async def publish(expect: int) -> int:
-            try:
-                ack = await self._js.publish(
-                    subject, value, stream=f"KV_{bucket}",
-                    headers={api.Header.EXPECTED_LAST_SUBJECT_SEQUENCE: str(expect)},
-                )
-            except nats.js.errors.APIError as e:
-                if e.err_code in _ERR_WRONG_LAST:
-                    raise Conflict(f"{bucket}/{key}: revision {expect} is not current") from None
-                raise
-            return int(ack.seq)
+            return await self._publish_kv(bucket, key, value,
+                                          {api.Header.EXPECTED_LAST_SUBJECT_SEQUENCE: str(expect)}, what)
 
         async def run() -> int:
             if not create:
@@ -409,23 +530,19 @@ class NatsStore:
                 except Conflict:
                     raise Exists(f"{bucket}/{key}: exists") from None
 
-        return await self._call(f"put {bucket}/{key}", run(), subject=subject)
+        return await self._call(what, run(), subject=subject)
 
     async def delete(self, bucket: str, key: str, last: int | None = None) -> None:
-        subject = f"$KV.{bucket}.{key}"
+        what = f"delete {bucket}/{key}"
+        _check_key(bucket, key, what)
+        hdrs = {_KV_OP: "DEL"}
+        if last:
+            hdrs[api.Header.EXPECTED_LAST_SUBJECT_SEQUENCE] = str(last)
 
         async def run() -> None:
-            hdrs = {_KV_OP: "DEL"}
-            if last:
-                hdrs[api.Header.EXPECTED_LAST_SUBJECT_SEQUENCE] = str(last)
-            try:
-                await self._js.publish(subject, b"", stream=f"KV_{bucket}", headers=hdrs)
-            except nats.js.errors.APIError as e:
-                if e.err_code in _ERR_WRONG_LAST:
-                    raise Conflict(f"{bucket}/{key}: revision {last} is not current") from None
-                raise
+            await self._publish_kv(bucket, key, b"", hdrs, what)
 
-        await self._call(f"delete {bucket}/{key}", run(), subject=subject)
+        await self._call(what, run(), subject=f"$KV.{bucket}.{key}")
 
     # -- streams -----------------------------------------------------------
 
@@ -464,21 +581,33 @@ class NatsStore:
     async def publish(self, subject: str, data: bytes, stream: str, msg_id: str) -> int:
         """Append one message; ``msg_id`` makes a retried publish a no-op."""
 
+        what = f"publish {subject}"
+        _check_subject(subject, what)
+        hdrs = {"Nats-Msg-Id": msg_id}
+
         async def run() -> int:
-            ack = await self._js.publish(subject, data, stream=stream, headers={"Nats-Msg-Id": msg_id})
+            self._check_payload(data, hdrs, stream, what)
+            ack = await self._js.publish(subject, data, stream=stream, headers=hdrs)
             return int(ack.seq)
 
-        return await self._call(f"publish {subject}", run(), subject=subject)
+        return await self._call(what, run(), subject=subject)
 
     async def delete_msg(self, stream: str, seq: int) -> None:
         async def run() -> None:
             try:
                 await self._js.delete_msg(stream, seq)
-            except nats.js.errors.NotFoundError:
-                raise NotFound(f"{stream}: no message {seq}") from None
+            except nats.js.errors.NotFoundError:  # the stream (10059)
+                raise NotFound(f"{stream}: no stream {stream!r}") from None
             except nats.js.errors.APIError as e:
-                if e.code == 400 or "delete" in (e.description or "").lower():
-                    raise NotPermitted(f"{stream}: {e.description or 'message delete refused'}") from None
+                # The server checks deny_delete first, then the sequence: a gap inside the
+                # stream is 10043 "sequence N not found" (400); before the first message
+                # (seq 0 too) 10057 "no message found", past the last "stream store EOF".
+                text = (e.description or "").lower()
+                if e.err_code == _ERR_DELETE_FAILED and "not permitted" in text:
+                    raise NotPermitted(f"{stream}: message delete not permitted (the stream denies deletes)") from None
+                if e.err_code == _ERR_SEQ_NOT_FOUND or (
+                        e.err_code == _ERR_DELETE_FAILED and ("no message found" in text or "eof" in text)):
+                    raise NotFound(f"{stream}: no message {seq}") from None
                 raise
 
         await self._call(f"delete {stream}#{seq}", run(), subject=f"$JS.API.STREAM.MSG.DELETE.{stream}")
@@ -513,7 +642,14 @@ class NatsStore:
             q.ack_wait = float(ci.config.ack_wait or ack_wait)
             await q.start()
 
-        await self._call(f"queue {stream}/{durable}", run(), subject=f"$JS.API.CONSUMER.INFO.{stream}")
+        try:
+            await self._call(f"queue {stream}/{durable}", run(), subject=f"$JS.API.CONSUMER.INFO.{stream}")
+        except BaseException:
+            # Cut short (a timeout) after q.start(): what of it started must not go on fetching.
+            q._emitter.closed = True
+            if self._thread.is_alive():
+                asyncio.run_coroutine_threadsafe(q._stop(), self._loop)
+            raise
         self._queues.add(q)
         return q
 
@@ -524,6 +660,9 @@ class NatsStore:
     # -- watch -------------------------------------------------------------
 
     async def watch(self, bucket: str, sink: WatchSink) -> _KvWatch:
+        """RESYNC, the snapshot, SYNCED, then live changes; NotFound (and nothing
+        sent to the sink) if the bucket is not there."""
+        _check_bucket(bucket, f"watch {bucket}")
         assert self._token is not None
         w = _KvWatch(self, bucket, sink, self._token)
         await self._call(f"watch {bucket}", w.start(), bound=max(self.timeout, 10.0),
@@ -533,8 +672,8 @@ class NatsStore:
 
     async def stop_watch(self, w: _KvWatch) -> None:
         self._watches.discard(w)
-        with contextlib.suppress(HvfsError):
-            await self._call(f"unwatch {w.bucket}", w._stop())
+        with contextlib.suppress(HvfsError):  # disconnected too: the subscription must go
+            await self._call(f"unwatch {w.bucket}", w._stop(), always=True)
 
 
 class _KvWatch:
@@ -553,18 +692,25 @@ class _KvWatch:
         self.pre = f"$KV.{bucket}."
         self.sub: Any = None
         self._lock = threading.Lock()
-        self._buf: list[KvChange | str] = []
+        self._buf: list[Any] = []
+        self._held: list[Any] | None = None  # while a (re)start is not yet known to work
         self._scheduled = False
         self._synced = False
         self._gen = 0
         self.closed = False
 
     async def stop(self) -> None:
+        """Trio side: nothing reaches the sink once this returns."""
         self.closed = True
         await self.store.stop_watch(self)
 
-    def _emit(self, item: KvChange | str) -> None:
+    def _emit(self, item: Any) -> None:
         with self._lock:
+            if self.closed:
+                return
+            if self._held is not None:
+                self._held.append(item)
+                return
             self._buf.append(item)
             if self._scheduled:
                 return
@@ -572,10 +718,29 @@ class _KvWatch:
         with contextlib.suppress(trio.RunFinishedError):
             self.token.run_sync_soon(self._deliver)
 
+    def _hold(self) -> None:
+        """Keep what is emitted from here on until ``_release`` (or drop it with ``_drop``)."""
+        with self._lock:
+            self._held = []
+
+    def _release(self) -> None:
+        with self._lock:
+            held, self._held = self._held or [], None
+        for item in held:
+            self._emit(item)
+
+    def _drop(self) -> None:
+        with self._lock:
+            self._held = None
+
     def _deliver(self) -> None:  # trio thread
         # At most one chunk per call: FUSE requests run between chunks, so a
         # storm of changes delays them by one chunk's work, not the storm's.
         with self._lock:
+            if self.closed:  # stopped on this thread: nothing more for the sink
+                self._buf.clear()
+                self._scheduled = False
+                return
             items, self._buf = self._buf[:_CHUNK], self._buf[_CHUNK:]
             more = bool(self._buf)
             if not more:
@@ -599,10 +764,15 @@ class _KvWatch:
                         size if op is Op.PUT else 0, _ts(meta.timestamp))
 
     async def start(self) -> None:
-        """(Re)start the snapshot: RESYNC, every current entry, SYNCED, then live changes."""
+        """(Re)start the snapshot: RESYNC, every current entry, SYNCED, then live changes.
+
+        What it emits is held back until the consumer exists: a watch of a missing
+        bucket or stream fails with nothing sent to the sink, not even RESYNC.
+        """
         self._gen += 1
         gen = self._gen
         self._synced = False
+        self._hold()
         self._emit(RESYNC)
 
         async def on_msg(msg: Any) -> None:
@@ -616,19 +786,32 @@ class _KvWatch:
                 self._synced = True
                 self._emit(SYNCED)
 
-        self.sub = await self.store._js.subscribe(
-            f"{self.pre}>", stream=self.stream_name, cb=on_msg, ordered_consumer=True,
-            deliver_policy=self.deliver_policy, headers_only=True,
-            inactive_threshold=300.0, pending_msgs_limit=-1,
-        )
-        info = await self.sub.consumer_info()
+        try:
+            try:
+                self.sub = await self.store._js.subscribe(
+                    f"{self.pre}>", stream=self.stream_name, cb=on_msg, ordered_consumer=True,
+                    deliver_policy=self.deliver_policy, headers_only=True,
+                    inactive_threshold=300.0, pending_msgs_limit=-1,
+                )
+                info = await self.sub.consumer_info()
+            except nats.js.errors.NotFoundError:
+                raise NotFound(self._missing) from None
+        except BaseException:
+            self._drop()
+            await asyncio.shield(self._stop())  # a consumer half made goes too
+            raise
         if info.num_pending == 0 and self.sub.delivered == 0 and not self._synced:
             self._synced = True
             self._emit(SYNCED)
+        self._release()
 
     @property
     def stream_name(self) -> str:
         return f"KV_{self.bucket}"
+
+    @property
+    def _missing(self) -> str:
+        return f"no KV bucket {self.bucket!r}"
 
     async def restart(self) -> None:
         """After a reconnect: a fresh snapshot, retried (capped backoff) until it
@@ -672,6 +855,7 @@ class _Queue:
         self.max_held = max(1, max_held)
         self.ack_wait = 30.0
         self.held: dict[int, Any] = {}
+        self._timers: dict[int, asyncio.TimerHandle] = {}  # seq -> when this mount lets go of it
         self._emitter = _KvWatch(store, stream, sink, token)  # reuse its batching to trio
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
@@ -686,14 +870,28 @@ class _Queue:
         self._task = asyncio.ensure_future(self._run())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(BaseException):
-                await self._task
+        """Trio side: stop fetching and let go of what is held (the server redelivers it
+        after the ack wait); nothing reaches the sink once this returns."""
+        self._emitter.closed = True  # on the trio thread, where the sink is called
+        with contextlib.suppress(HvfsError):  # disconnected too: the fetching must end
+            await self.store._call(f"stop queue {self.stream}/{self.durable}", self._stop(), always=True)
+
+    async def _stop(self) -> None:
+        """Loop side: end the fetch task and the let-go timers, then unsubscribe."""
+        self._emitter.closed = True
         self.store._queues.discard(self)
-        if self._sub is not None:
+        for h in self._timers.values():
+            h.cancel()
+        self._timers.clear()
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.wait({task})  # its end, whatever it was; a cancel of ours still reaches us
+        self.held.clear()
+        sub, self._sub = self._sub, None
+        if sub is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._sub.unsubscribe(), self.store.timeout)
+                await asyncio.wait_for(sub.unsubscribe(), self.store.timeout)
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -720,20 +918,27 @@ class _Queue:
                 seq = int(meta.sequence.stream)
                 keep = max(self.ack_wait - self.margin, 0.1)
                 self.held[seq] = m
-                loop.call_later(keep, self._expire, seq, m)
-                self._emitter._emit(QueueMsg(seq, m.subject, m.data or b"", _ts(meta.timestamp),  # type: ignore[arg-type]
+                old = self._timers.pop(seq, None)
+                if old is not None:
+                    old.cancel()
+                self._timers[seq] = loop.call_later(keep, self._expire, seq, m)
+                self._emitter._emit(QueueMsg(seq, m.subject, m.data or b"", _ts(meta.timestamp),
                                              int(meta.num_delivered or 1), time.monotonic() + keep))
 
     def _expire(self, seq: int, m: Any) -> None:
         if self.held.get(seq) is m:
             del self.held[seq]
-            self._emitter._emit(QueueGone(seq))  # type: ignore[arg-type]
+            self._timers.pop(seq, None)
+            self._emitter._emit(QueueGone(seq))
             self._wake.set()
 
     async def ack(self, seq: int) -> None:
         m = self.held.pop(seq, None)
         if m is None:
             raise NotFound(f"{self.stream}#{seq} is no longer held by this mount (ack wait over)")
+        h = self._timers.pop(seq, None)
+        if h is not None:
+            h.cancel()
         self._wake.set()
         try:
             await m.ack_sync(timeout=self.store.timeout)
@@ -764,6 +969,10 @@ class _StreamWatch(_KvWatch):
     def stream_name(self) -> str:
         return self.bucket
 
+    @property
+    def _missing(self) -> str:
+        return f"no stream {self.bucket!r}"
+
     def _item(self, msg: Any, meta: Any, size: int) -> MsgSeen:  # type: ignore[override]
         return MsgSeen(self.bucket, msg.subject, int(meta.sequence.stream), size, _ts(meta.timestamp))
 
@@ -787,8 +996,10 @@ def _map_error(e: BaseException, what: str) -> HvfsError:
         return Invalid(f"{what}: {e.description or e}")
     if isinstance(e, nats.errors.MaxPayloadError):
         return TooLarge(f"{what}: value larger than the server's max payload")
-    if isinstance(e, nats.errors.NoRespondersError):
+    if isinstance(e, nats.errors.NoRespondersError | nats.js.errors.NoStreamResponseError):
         return Unavailable(f"{what}: no JetStream responder (bucket or stream missing?)")
+    if isinstance(e, nats.errors.BadSubjectError | nats.js.errors.InvalidBucketNameError):
+        return InvalidName(f"{what}: not a valid NATS name")
     if isinstance(e, nats.errors.TimeoutError | TimeoutError | asyncio.TimeoutError):
         return Timeout(f"{what}: no answer from NATS")
     if isinstance(e, nats.errors.ConnectionClosedError | nats.errors.StaleConnectionError

@@ -126,10 +126,6 @@ class Vfs:
                 # A background task must not take the mount down with it.
                 log.exception("bucket poll failed")
 
-    async def refresh_buckets(self) -> None:
-        if self.buckets is not None:
-            await self.buckets.refresh()
-
     async def close(self) -> None:
         await self.kv.close()
         await self.streams.close()
