@@ -13,9 +13,9 @@ PKG = Path(__file__).resolve().parent.parent / "hvfs"
 
 #: the only modules that may import each dependency
 ALLOWED = {
-    "nats": {"hvfs.store.nats"},
+    "nats": {"hvfs.store.nats", "hvfs.store.natssubs"},
     "pyfuse3": {"hvfs.fuse.ops", "hvfs.fuse.notifier", "hvfs.mount"},
-    "asyncio": {"hvfs.store.nats"},
+    "asyncio": {"hvfs.store.nats", "hvfs.store.natssubs"},
 }
 
 

@@ -1,4 +1,4 @@
-"""The store on NATS: the only module that imports nats-py (and asyncio).
+"""The store on NATS: with natssubs.py (its subscriptions), the only code that imports nats-py (and asyncio).
 
 nats-py runs on asyncio, pyfuse3 on trio, so this module owns one thread with
 its own asyncio loop. Trio callers hand it coroutines through
@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import logging
 import re
 import threading
-import time
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
@@ -41,21 +39,16 @@ from ..errors import (
     Unavailable,
 )
 from .base import (
-    RESYNC,
-    SYNCED,
     BucketInfo,
-    KvChange,
     KvEntry,
-    MsgSeen,
     Op,
     Queue,
-    QueueGone,
-    QueueMsg,
     StoreState,
     StreamInfo,
     StreamMsg,
     WatchSink,
 )
+from .natssubs import KvWatch, NatsQueue, StreamWatch, op_of, stream_info, ts
 
 __all__ = ["NatsStore"]
 
@@ -63,7 +56,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-_KV_OP = "KV-Operation"
+_KV_OP = "KV-Operation"  # also in natssubs
 _MARKER = "Nats-Marker-Reason"
 _ERR_WRONG_LAST = (10071, 10164)
 _ERR_TOO_BIG = (10054,)
@@ -142,26 +135,6 @@ def _hdr_size(headers: dict[str, str]) -> int:
     return 12 + sum(len(k.encode()) + len(v.encode()) + 4 for k, v in headers.items()) if headers else 0
 
 
-def _op_of(headers: dict[str, str] | None) -> Op:
-    if not headers:
-        return Op.PUT
-    op = headers.get(_KV_OP)
-    if op == "DEL":
-        return Op.DEL
-    if op == "PURGE":
-        return Op.PURGE
-    reason = headers.get(_MARKER)
-    if reason in ("MaxAge", "Purge"):
-        return Op.PURGE
-    if reason == "Remove":
-        return Op.DEL
-    return Op.PUT
-
-
-def _ts(t: dt.datetime | None) -> float:
-    return t.timestamp() if t is not None else time.time()
-
-
 class NatsStore:
     """Store interface on a real NATS connection (see hvfs.store.base.Store)."""
 
@@ -176,8 +149,8 @@ class NatsStore:
         self._js: Any = None
         self._direct: dict[str, bool] = {}
         self._info: dict[str, BucketInfo] = {}
-        self._watches: set[_KvWatch] = set()
-        self._queues: set[_Queue] = set()
+        self._watches: set[KvWatch] = set()
+        self._queues: set[NatsQueue] = set()
         self._inflight: dict[asyncio.Task[Any], str] = {}
         self._denied: dict[asyncio.Task[Any], str] = {}
 
@@ -466,9 +439,9 @@ class NatsStore:
                     msg = await fetch(False)
             except nats.js.errors.NotFoundError:
                 raise NotFound(f"{bucket}/{key}" + (f"@{revision}" if revision else "") + ": no such key") from None
-            if msg.subject != subject or _op_of(msg.headers) is not Op.PUT:
+            if msg.subject != subject or op_of(msg.headers) is not Op.PUT:
                 raise NotFound(f"{bucket}/{key}" + (f"@{revision}" if revision else "") + ": deleted")
-            return KvEntry(bucket, key, msg.data or b"", int(msg.seq), _ts(msg.time))
+            return KvEntry(bucket, key, msg.data or b"", int(msg.seq), ts(msg.time))
 
         api_subject = ("$JS.API.DIRECT.GET." if self._direct.get(bucket) else "$JS.API.STREAM.MSG.GET.")
         return await self._call(f"get {bucket}/{key}", run(), subject=f"{api_subject}KV_{bucket}")
@@ -523,7 +496,7 @@ class NatsStore:
                                                  direct=self._direct.get(bucket, False))
                 except nats.js.errors.NotFoundError:
                     raise Exists(f"{bucket}/{key}: exists") from None
-                if _op_of(msg.headers) is Op.PUT:
+                if op_of(msg.headers) is Op.PUT:
                     raise Exists(f"{bucket}/{key}: exists") from None
                 try:
                     return await publish(int(msg.seq))
@@ -550,7 +523,7 @@ class NatsStore:
         """Every stream that is not a KV or object-store bucket's own."""
 
         async def run() -> list[StreamInfo]:
-            return [_stream_info(si) for si in await self._all_streams()
+            return [stream_info(si) for si in await self._all_streams()
                     if not (si.config.name or "").startswith(("KV_", "OBJ_"))]
 
         return await self._call("list streams", run(), subject="$JS.API.STREAM.LIST")
@@ -558,7 +531,7 @@ class NatsStore:
     async def stream(self, name: str) -> StreamInfo:
         async def run() -> StreamInfo:
             try:
-                return _stream_info(await self._js.stream_info(name))
+                return stream_info(await self._js.stream_info(name))
             except nats.js.errors.NotFoundError:
                 raise NotFound(f"no stream {name!r}") from None
 
@@ -573,7 +546,7 @@ class NatsStore:
             if msg.seq is not None and int(msg.seq) != seq:
                 raise NotFound(f"{stream}: no message {seq}")
             return StreamMsg(stream, msg.subject or "", seq, msg.data or b"",
-                             {k: str(v) for k, v in (msg.headers or {}).items()}, _ts(msg.time))
+                             {k: str(v) for k, v in (msg.headers or {}).items()}, ts(msg.time))
 
         api_subject = "$JS.API.DIRECT.GET." if direct else "$JS.API.STREAM.MSG.GET."
         return await self._call(f"get {stream}#{seq}", run(), subject=f"{api_subject}{stream}")
@@ -612,9 +585,9 @@ class NatsStore:
 
         await self._call(f"delete {stream}#{seq}", run(), subject=f"$JS.API.STREAM.MSG.DELETE.{stream}")
 
-    async def stream_watch(self, stream: str, sink: WatchSink) -> _StreamWatch:
+    async def stream_watch(self, stream: str, sink: WatchSink) -> StreamWatch:
         assert self._token is not None
-        w = _StreamWatch(self, stream, sink, self._token)
+        w = StreamWatch(self, stream, sink, self._token)
         await self._call(f"watch stream {stream}", w.start(), bound=max(self.timeout, 10.0),
                          subject=f"$JS.API.CONSUMER.CREATE.{stream}")
         self._watches.add(w)  # type: ignore[arg-type]
@@ -624,10 +597,10 @@ class NatsStore:
 
     async def queue(self, stream: str, durable: str, sink: WatchSink, *, create: bool = True,
                     filter_subject: str | None = None, ack_wait: float = 30.0,
-                    max_held: int = 4) -> _Queue:
+                    max_held: int = 4) -> NatsQueue:
         """Hold up to ``max_held`` deliveries of a durable consumer for this mount."""
         assert self._token is not None
-        q = _Queue(self, stream, durable, sink, self._token, max_held)
+        q = NatsQueue(self, stream, durable, sink, self._token, max_held)
 
         async def run() -> None:
             try:
@@ -654,327 +627,26 @@ class NatsStore:
         return q
 
     async def ack(self, q: Queue, seq: int) -> None:
-        assert isinstance(q, _Queue), "a queue of another store"
+        assert isinstance(q, NatsQueue), "a queue of another store"
         await self._call(f"ack {q.stream}#{seq}", q.ack(seq), subject="$JS.ACK.")
 
     # -- watch -------------------------------------------------------------
 
-    async def watch(self, bucket: str, sink: WatchSink) -> _KvWatch:
+    async def watch(self, bucket: str, sink: WatchSink) -> KvWatch:
         """RESYNC, the snapshot, SYNCED, then live changes; NotFound (and nothing
         sent to the sink) if the bucket is not there."""
         _check_bucket(bucket, f"watch {bucket}")
         assert self._token is not None
-        w = _KvWatch(self, bucket, sink, self._token)
+        w = KvWatch(self, bucket, sink, self._token)
         await self._call(f"watch {bucket}", w.start(), bound=max(self.timeout, 10.0),
                          subject=f"$JS.API.CONSUMER.CREATE.KV_{bucket}")
         self._watches.add(w)
         return w
 
-    async def stop_watch(self, w: _KvWatch) -> None:
+    async def stop_watch(self, w: KvWatch) -> None:
         self._watches.discard(w)
         with contextlib.suppress(HvfsError):  # disconnected too: the subscription must go
             await self._call(f"unwatch {w.bucket}", w._stop(), always=True)
-
-
-class _KvWatch:
-    """One ordered, headers-only consumer per bucket feeding the index.
-
-    Items are batched and handed to the trio thread with one run_sync_soon per
-    batch, so a storm of changes costs the trio loop one wake-up per batch.
-    """
-
-    def __init__(self, store: NatsStore, bucket: str, sink: WatchSink,
-                 token: trio.lowlevel.TrioToken) -> None:
-        self.store = store
-        self.bucket = bucket
-        self.sink = sink
-        self.token = token
-        self.pre = f"$KV.{bucket}."
-        self.sub: Any = None
-        self._lock = threading.Lock()
-        self._buf: list[Any] = []
-        self._held: list[Any] | None = None  # while a (re)start is not yet known to work
-        self._scheduled = False
-        self._synced = False
-        self._gen = 0
-        self.closed = False
-
-    async def stop(self) -> None:
-        """Trio side: nothing reaches the sink once this returns."""
-        self.closed = True
-        await self.store.stop_watch(self)
-
-    def _emit(self, item: Any) -> None:
-        with self._lock:
-            if self.closed:
-                return
-            if self._held is not None:
-                self._held.append(item)
-                return
-            self._buf.append(item)
-            if self._scheduled:
-                return
-            self._scheduled = True
-        with contextlib.suppress(trio.RunFinishedError):
-            self.token.run_sync_soon(self._deliver)
-
-    def _hold(self) -> None:
-        """Keep what is emitted from here on until ``_release`` (or drop it with ``_drop``)."""
-        with self._lock:
-            self._held = []
-
-    def _release(self) -> None:
-        with self._lock:
-            held, self._held = self._held or [], None
-        for item in held:
-            self._emit(item)
-
-    def _drop(self) -> None:
-        with self._lock:
-            self._held = None
-
-    def _deliver(self) -> None:  # trio thread
-        # At most one chunk per call: FUSE requests run between chunks, so a
-        # storm of changes delays them by one chunk's work, not the storm's.
-        with self._lock:
-            if self.closed:  # stopped on this thread: nothing more for the sink
-                self._buf.clear()
-                self._scheduled = False
-                return
-            items, self._buf = self._buf[:_CHUNK], self._buf[_CHUNK:]
-            more = bool(self._buf)
-            if not more:
-                self._scheduled = False
-        if more:
-            with contextlib.suppress(trio.RunFinishedError):
-                self.token.run_sync_soon(self._deliver)
-        try:
-            self.sink(items)  # type: ignore[arg-type]
-        except Exception:
-            # An exception in a run_sync_soon callback would end the trio run:
-            # one bad change must not take the mount down.
-            log.exception("watch %s: applying %d changes failed", self.bucket, len(items))
-
-    #: what the consumer covers; a stream watch takes every subject from the start
-    deliver_policy = api.DeliverPolicy.LAST_PER_SUBJECT
-
-    def _item(self, msg: Any, meta: Any, size: int) -> KvChange:
-        op = _op_of(msg.headers)
-        return KvChange(self.bucket, msg.subject[len(self.pre):], op, int(meta.sequence.stream),
-                        size if op is Op.PUT else 0, _ts(meta.timestamp))
-
-    async def start(self) -> None:
-        """(Re)start the snapshot: RESYNC, every current entry, SYNCED, then live changes.
-
-        What it emits is held back until the consumer exists: a watch of a missing
-        bucket or stream fails with nothing sent to the sink, not even RESYNC.
-        """
-        self._gen += 1
-        gen = self._gen
-        self._synced = False
-        self._hold()
-        self._emit(RESYNC)
-
-        async def on_msg(msg: Any) -> None:
-            if gen != self._gen:
-                return
-            meta = msg.metadata
-            hdrs = msg.headers
-            size = int(hdrs["Nats-Msg-Size"]) if hdrs and "Nats-Msg-Size" in hdrs else len(msg.data or b"")
-            self._emit(self._item(msg, meta, size))
-            if not self._synced and meta.num_pending == 0:
-                self._synced = True
-                self._emit(SYNCED)
-
-        try:
-            try:
-                self.sub = await self.store._js.subscribe(
-                    f"{self.pre}>", stream=self.stream_name, cb=on_msg, ordered_consumer=True,
-                    deliver_policy=self.deliver_policy, headers_only=True,
-                    inactive_threshold=300.0, pending_msgs_limit=-1,
-                )
-                info = await self.sub.consumer_info()
-            except nats.js.errors.NotFoundError:
-                raise NotFound(self._missing) from None
-        except BaseException:
-            self._drop()
-            await asyncio.shield(self._stop())  # a consumer half made goes too
-            raise
-        if info.num_pending == 0 and self.sub.delivered == 0 and not self._synced:
-            self._synced = True
-            self._emit(SYNCED)
-        self._release()
-
-    @property
-    def stream_name(self) -> str:
-        return f"KV_{self.bucket}"
-
-    @property
-    def _missing(self) -> str:
-        return f"no KV bucket {self.bucket!r}"
-
-    async def restart(self) -> None:
-        """After a reconnect: a fresh snapshot, retried (capped backoff) until it
-        works, the connection is gone, or the watch is stopped."""
-        attempt = 0
-        while not self.closed:
-            try:
-                await self._stop()
-                await asyncio.wait_for(self.start(), max(self.store.timeout, 10.0))
-                return
-            except Exception as e:  # the server may still be starting JetStream
-                attempt += 1
-                self.store.state.last_error = f"watch {self.bucket}: restart failed: {e}"
-                log.warning("watch %s: restart failed (%s), attempt %d", self.bucket, e, attempt)
-                nc = self.store._nc
-                if nc is None or nc.is_closed:
-                    return
-                await asyncio.sleep(min(0.5 * attempt, 5.0))
-
-    async def _stop(self) -> None:
-        self._gen += 1
-        sub, self.sub = self.sub, None
-        if sub is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(sub.unsubscribe(), self.store.timeout)
-
-
-class _Queue:
-    """Fetches deliveries of one durable pull consumer; lets go before the ack wait ends.
-
-    A delivery this mount holds is a file; the mount drops it ``margin`` before
-    the server's ack wait runs out, so two mounts sharing the consumer never
-    hold one message at the same time.
-    """
-
-    def __init__(self, store: NatsStore, stream: str, durable: str, sink: WatchSink,
-                 token: trio.lowlevel.TrioToken, max_held: int) -> None:
-        self.store = store
-        self.stream = stream
-        self.durable = durable
-        self.max_held = max(1, max_held)
-        self.ack_wait = 30.0
-        self.held: dict[int, Any] = {}
-        self._timers: dict[int, asyncio.TimerHandle] = {}  # seq -> when this mount lets go of it
-        self._emitter = _KvWatch(store, stream, sink, token)  # reuse its batching to trio
-        self._task: asyncio.Task[None] | None = None
-        self._wake = asyncio.Event()
-        self._sub: Any = None
-
-    @property
-    def margin(self) -> float:
-        return min(max(0.5, self.ack_wait * 0.1), 5.0)
-
-    async def start(self) -> None:
-        self._sub = await self.store._js.pull_subscribe_bind(durable=self.durable, stream=self.stream)
-        self._task = asyncio.ensure_future(self._run())
-
-    async def stop(self) -> None:
-        """Trio side: stop fetching and let go of what is held (the server redelivers it
-        after the ack wait); nothing reaches the sink once this returns."""
-        self._emitter.closed = True  # on the trio thread, where the sink is called
-        with contextlib.suppress(HvfsError):  # disconnected too: the fetching must end
-            await self.store._call(f"stop queue {self.stream}/{self.durable}", self._stop(), always=True)
-
-    async def _stop(self) -> None:
-        """Loop side: end the fetch task and the let-go timers, then unsubscribe."""
-        self._emitter.closed = True
-        self.store._queues.discard(self)
-        for h in self._timers.values():
-            h.cancel()
-        self._timers.clear()
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            await asyncio.wait({task})  # its end, whatever it was; a cancel of ours still reaches us
-        self.held.clear()
-        sub, self._sub = self._sub, None
-        if sub is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(sub.unsubscribe(), self.store.timeout)
-
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            want = self.max_held - len(self.held)
-            nc = self.store._nc
-            if want <= 0 or nc is None or not nc.is_connected:
-                self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), 0.5)
-                continue
-            try:
-                msgs = await self._sub.fetch(want, timeout=1.0)
-            except (TimeoutError, nats.errors.TimeoutError):
-                continue
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:
-                log.info("queue %s/%s: fetch: %s", self.stream, self.durable, e)
-                await asyncio.sleep(0.5)
-                continue
-            for m in msgs:
-                meta = m.metadata
-                seq = int(meta.sequence.stream)
-                keep = max(self.ack_wait - self.margin, 0.1)
-                self.held[seq] = m
-                old = self._timers.pop(seq, None)
-                if old is not None:
-                    old.cancel()
-                self._timers[seq] = loop.call_later(keep, self._expire, seq, m)
-                self._emitter._emit(QueueMsg(seq, m.subject, m.data or b"", _ts(meta.timestamp),
-                                             int(meta.num_delivered or 1), time.monotonic() + keep))
-
-    def _expire(self, seq: int, m: Any) -> None:
-        if self.held.get(seq) is m:
-            del self.held[seq]
-            self._timers.pop(seq, None)
-            self._emitter._emit(QueueGone(seq))
-            self._wake.set()
-
-    async def ack(self, seq: int) -> None:
-        m = self.held.pop(seq, None)
-        if m is None:
-            raise NotFound(f"{self.stream}#{seq} is no longer held by this mount (ack wait over)")
-        h = self._timers.pop(seq, None)
-        if h is not None:
-            h.cancel()
-        self._wake.set()
-        try:
-            await m.ack_sync(timeout=self.store.timeout)
-        except Exception:
-            # Not acknowledged: the server redelivers it after the ack wait.
-            raise
-
-
-def _stream_info(si: Any) -> StreamInfo:
-    c, st = si.config, si.state
-    mms = c.max_msg_size
-    return StreamInfo(name=c.name, subjects=tuple(c.subjects or ()),
-                      max_msg_size=mms if mms and mms > 0 else -1, deny_delete=bool(c.deny_delete),
-                      first_seq=int(st.first_seq or 0), last_seq=int(st.last_seq or 0),
-                      direct=bool(c.allow_direct))
-
-
-class _StreamWatch(_KvWatch):
-    """Every message of a stream (headers only), then live appends."""
-
-    deliver_policy = api.DeliverPolicy.ALL
-
-    def __init__(self, store: NatsStore, stream: str, sink: WatchSink, token: trio.lowlevel.TrioToken) -> None:
-        super().__init__(store, stream, sink, token)
-        self.pre = ""
-
-    @property
-    def stream_name(self) -> str:
-        return self.bucket
-
-    @property
-    def _missing(self) -> str:
-        return f"no stream {self.bucket!r}"
-
-    def _item(self, msg: Any, meta: Any, size: int) -> MsgSeen:  # type: ignore[override]
-        return MsgSeen(self.bucket, msg.subject, int(meta.sequence.stream), size, _ts(meta.timestamp))
 
 
 def _map_error(e: BaseException, what: str) -> HvfsError:
