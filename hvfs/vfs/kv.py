@@ -73,6 +73,7 @@ class KvProvider(Provider):
         self._synced: dict[int, trio.Event] = {}  # id(view) -> set when its snapshot is complete
         self._watches: dict[str, Watch] = {}
         self._policies: dict[int, WritePolicy] = {}  # id(view) -> its binding's write policy
+        self._raw = WritePolicy()  # the raw view's: no links
         self.revisions = RevisionProvider(sv, self)
 
     # -- views and watches ----------------------------------------------------
@@ -152,7 +153,7 @@ class KvProvider(Provider):
                 self.sv.events.add(item)
 
     def policy(self, view: KvView) -> WritePolicy:
-        return self._policies.get(id(view)) or WritePolicy()
+        return self._policies.get(id(view), self._raw)
 
     async def _wait_synced(self, view: KvView) -> None:
         if view.synced:

@@ -54,6 +54,8 @@ class WritePolicy:
 
     def on_read(self, node: Node, value: bytes) -> bytes:
         """A stored value, as a reader of the file sees it."""
+        if not self.links:
+            return value
         for link in reversed(self.links):
             value = link.on_read(node, value)
         return value
