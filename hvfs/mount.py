@@ -24,7 +24,7 @@ from .fuse.notifier import Notifier
 from .fuse.ops import Operations
 from .server import EmbeddedServer
 from .store.nats import NatsStore
-from .vfs.core import Core
+from .vfs.core import Vfs
 
 __all__ = ["MountOptions", "check_mountpoint", "run_mount"]
 
@@ -127,7 +127,7 @@ async def _serve(opts: MountOptions, ready: Callable[[], None] | None, state: di
         store = NatsStore(connect)
         stack.push_async_callback(store.close)
         await store.start()
-        core = Core(store, opts.config, read_only=opts.read_only, max_payload=store.max_payload)
+        core = Vfs(store, opts.config, read_only=opts.read_only, max_payload=store.max_payload)
         stack.push_async_callback(core.close)
         await core.start()
         if not opts.notify:

@@ -1,4 +1,4 @@
-"""The pyfuse3 ``Operations``: a thin translation of FUSE requests to ``Core``.
+"""The pyfuse3 ``Operations``: a thin translation of FUSE requests to the ``Vfs`` facade.
 
 Every handler raises only ``FUSEError``: an exception escaping a pyfuse3
 handler kills the mount under trio, so ``_fuse`` catches everything,
@@ -20,7 +20,7 @@ from typing import Any, ParamSpec, TypeVar
 import pyfuse3
 
 from ..errors import HvfsError, NotPermitted, errno_of
-from ..vfs.core import XATTRS, Core
+from ..vfs.core import XATTRS, Vfs
 from ..vfs.handles import Handle
 from ..vfs.tree import Kind, Node
 
@@ -80,7 +80,7 @@ class Operations(pyfuse3.Operations):
     enable_writeback_cache = False
     enable_acl = False
 
-    def __init__(self, core: Core, entry_timeout: float = 1.0, attr_timeout: float = 1.0) -> None:
+    def __init__(self, core: Vfs, entry_timeout: float = 1.0, attr_timeout: float = 1.0) -> None:
         super().__init__()
         self.core = core
         self.entry_timeout = entry_timeout
@@ -116,9 +116,11 @@ class Operations(pyfuse3.Operations):
         a.generation = 0
         a.entry_timeout = self.entry_timeout
         # Attributes are cached as long as entries: the notifier invalidates
-        # them on every remote change, and reads of a key's value use direct_io
-        # (Core._new_fh), so a cached size never bounds what a handle reads.
-        # Files whose size moves by itself (.log, .hvfs/*) are never cached.
+        # them on every remote change. A cached size never cuts a handle's
+        # read short: writers and FILE@REV use direct_io, and while read-only
+        # page-cache handles are open their content's size is the one reported
+        # (Vfs._register, KvProvider.size). Files whose size moves by itself
+        # (.log, .hvfs/*) are never cached.
         a.attr_timeout = 0 if node.kind in _UNCACHED else self.attr_timeout
         if node.kind is Kind.DIR:
             a.st_mode = stat.S_IFDIR | DIR_MODE

@@ -1,16 +1,22 @@
-"""An open file: what ``open()`` fixed and what the handle has written since."""
+"""Open files, one class per behaviour.
+
+``Handle`` is a snapshot (the content fixed at open) that may be written
+(buffered, published at close as one revision); ``FollowHandle`` follows a
+directory's ``.log`` as messages arrive; ``PublishHandle`` is a new stream
+message, published once with its own ``Nats-Msg-Id``. What a handle's calls
+do is its provider's (hvfs.vfs.provider); the handle is the state.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 import trio
 
 from ..errors import HvfsError
 from .tree import Node
 
-__all__ = ["Handle"]
+__all__ = ["FollowHandle", "Handle", "LogCursor", "PublishHandle"]
 
 
 @dataclass(slots=True)
@@ -31,8 +37,6 @@ class Handle:
     #: the error that ended this handle: once a publish failed or a write was
     #: refused, every later write/fsync/close fails with it (nothing half-applied)
     failed: HvfsError | None = None
-    log: Any = None  # .log reading state
-    msg_id: str = ""  # Nats-Msg-Id of a new stream message
     append: bool = False  # O_APPEND: every write goes to the end of *this* content
     created: bool = False  # this handle's open created the key (touch adds no heartbeat)
     cached: bool = False  # reads go through the kernel's page cache (read-only KV handles)
@@ -42,4 +46,28 @@ class Handle:
     tgid: int = 0  # the opener's process id, resolved when first needed
     #: one publish at a time: a second flush (a dup'd fd closed meanwhile) must see the new base
     lock: trio.Lock = field(default_factory=trio.Lock)
-    errors: list[str] = field(default_factory=list)
+
+
+class LogCursor:
+    """Where a ``.log`` reader is: the messages' sequences and end offsets, a few payloads."""
+
+    __slots__ = ("seqs", "ends", "cache")
+
+    def __init__(self) -> None:
+        self.seqs: list[int] = []
+        self.ends: list[int] = []
+        self.cache: dict[int, bytes] = {}
+
+
+@dataclass(slots=True)
+class FollowHandle(Handle):
+    """``.log``: the payloads of a subject tree, read as they arrive (``tail -f``)."""
+
+    cursor: LogCursor = field(default_factory=LogCursor)
+
+
+@dataclass(slots=True)
+class PublishHandle(Handle):
+    """A new file in a subject directory: one message, published at close."""
+
+    msg_id: str = ""  # Nats-Msg-Id: a retried publish of the same bytes is deduplicated

@@ -31,7 +31,7 @@ from ..errors import (
 )
 from ..names import encode_name
 from ..store import RESYNC, SYNCED, MsgSeen, StreamInfo, Watch
-from .handles import Handle
+from .handles import FollowHandle, Handle, PublishHandle
 from .provider import Provider, Services
 from .streams import LOG_NAME, StreamView, locate
 from .tree import Kind, Node, display
@@ -191,20 +191,18 @@ class StreamProvider(Provider):
         if node.kind is Kind.LOG:
             if writable:
                 raise NotPermitted(".log is read-only")
-            h = Handle(0, node, False, b"", 0)
-            h.log = _LogState()
-            return h
+            return FollowHandle(0, node, False, b"", 0)
         if node.kind is Kind.PUB:
             raise Busy("this message is still being written")
         raise NotPermitted("not a stream file")
 
     async def read(self, h: Handle, off: int, size: int) -> bytes:
-        if h.log is None:
+        if not isinstance(h, FollowHandle):
             return bytes(h.data[off:off + size])
         view: StreamView = h.node.stream
         d = h.node.parent
         assert d is not None
-        st: _LogState = h.log
+        st = h.cursor
         if not st.ends or off + size > st.ends[-1]:
             st.seqs, st.ends = view.log_entries(d)
         out = bytearray()
@@ -247,9 +245,8 @@ class StreamProvider(Provider):
         node.stream, node.key, node.local = view, subject, True
         self.sv.tree.attach(parent, node)
         self._pub_seq += 1
-        h = Handle(0, node, True, bytearray(), 0, dirty=True)
-        h.msg_id = f"hvfs-{self._mount_id}-{self._pub_seq}"
-        return h
+        return PublishHandle(0, node, True, bytearray(), 0, dirty=True,
+                             msg_id=f"hvfs-{self._mount_id}-{self._pub_seq}")
 
     async def write(self, h: Handle, off: int, buf: bytes) -> int:
         return await self.write_buffer(h, off, buf)
@@ -278,6 +275,7 @@ class StreamProvider(Provider):
         descriptor it opened before writing, and that must not publish an
         empty message.
         """
+        assert isinstance(h, PublishHandle)
         node = h.node
         view: StreamView = node.stream
         data = bytes(h.data)
@@ -392,12 +390,3 @@ class StreamsProvider(Provider):
 
     async def open(self, node: Node, flags: int, pid: int) -> Handle:
         raise IsADirectory(f"{display(node)} is a directory")
-
-
-class _LogState:
-    __slots__ = ("seqs", "ends", "cache")
-
-    def __init__(self) -> None:
-        self.seqs: list[int] = []
-        self.ends: list[int] = []
-        self.cache: dict[int, bytes] = {}
