@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
 import os
 import signal
 import subprocess
@@ -10,10 +11,12 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import nats
+import nats.js.errors
 from nats.js.api import KeyValueConfig
 
 T = TypeVar("T")
@@ -188,3 +191,35 @@ def add_stream(raw: RawNats, name: str, subjects: list[str], **kw: Any) -> Any:
 
 def publish(raw: RawNats, subject: str, data: bytes, headers: dict[str, str] | None = None) -> int:
     return int(raw.run(raw.js.publish(subject, data, headers=headers)).seq)
+
+
+@dataclass(frozen=True)
+class Rev:
+    revision: int
+    value: bytes
+    operation: str | None  # None: a PUT; "DEL" / "PURGE": a marker
+    created: datetime.datetime
+
+
+def history(raw: RawNats, bucket: str, key: str) -> list[Rev]:
+    """Every revision of ``key`` the bucket keeps (PUTs and DEL/PURGE markers), oldest first.
+
+    Read message by message (next_by_subj), not with ``KeyValue.history()``: nats-py's
+    history watcher can signal "no more entries" before the first one arrives (its
+    consumer_info check races the delivery) and then reports an existing key as empty.
+    """
+    subject = f"$KV.{bucket}.{key}"
+
+    async def run() -> list[Rev]:
+        out: list[Rev] = []
+        seq = 1
+        while True:
+            try:
+                m = await raw.js.get_msg(f"KV_{bucket}", seq=seq, subject=subject, next=True)
+            except nats.js.errors.NotFoundError:
+                return out
+            op = (m.headers or {}).get("KV-Operation")
+            out.append(Rev(int(m.seq), m.data or b"", op, m.time))
+            seq = int(m.seq) + 1
+
+    return raw.run(run())

@@ -9,7 +9,6 @@ immediate (a read after a put, a CAS at open) is checked without waiting.
 
 from __future__ import annotations
 
-import datetime
 import errno
 import itertools
 import json
@@ -20,14 +19,12 @@ import sys
 import tarfile
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import nats.js.errors
 import pytest
 
-from .helpers import Mount, RawNats, wait_for
+from .helpers import Mount, RawNats, history, wait_for
 
 _names = itertools.count()
 
@@ -45,38 +42,6 @@ def sh(script: str, cwd: str | Path | None = None, check: bool = True) -> subpro
 
 def sh_quote(p: Path | str) -> str:
     return "'" + str(p).replace("'", "'\\''") + "'"
-
-
-@dataclass(frozen=True)
-class Rev:
-    revision: int
-    value: bytes
-    operation: str | None  # None: a PUT; "DEL" / "PURGE": a marker
-    created: datetime.datetime
-
-
-def history(raw: RawNats, bucket: str, key: str) -> list[Rev]:
-    """Every revision of ``key`` the bucket keeps (PUTs and DEL/PURGE markers), oldest first.
-
-    Read message by message (next_by_subj), not with ``KeyValue.history()``: nats-py's
-    history watcher can signal "no more entries" before the first one arrives (its
-    consumer_info check races the delivery) and then reports an existing key as empty.
-    """
-    subject = f"$KV.{bucket}.{key}"
-
-    async def run() -> list[Rev]:
-        out: list[Rev] = []
-        seq = 1
-        while True:
-            try:
-                m = await raw.js.get_msg(f"KV_{bucket}", seq=seq, subject=subject, next=True)
-            except nats.js.errors.NotFoundError:
-                return out
-            op = (m.headers or {}).get("KV-Operation")
-            out.append(Rev(int(m.seq), m.data or b"", op, m.time))
-            seq = int(m.seq) + 1
-
-    return raw.run(run())
 
 
 def revision(raw: RawNats, bucket: str, key: str) -> int:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import datetime
 import errno
 import itertools
 import json
@@ -27,16 +26,14 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import nats.js.errors
 import pytest
 
 from hvfs.server import EmbeddedServer
 
-from .helpers import Inotify, Mount, RawNats, wait_for
+from .helpers import Inotify, Mount, RawNats, history, wait_for
 
 _names = itertools.count()
 
@@ -51,34 +48,6 @@ def sh(script: str, cwd: str | Path | None = None, check: bool = True,
     if check and p.returncode != 0:
         raise AssertionError(f"bash -c {script!r} exited {p.returncode}\nstdout: {p.stdout}\nstderr: {p.stderr}")
     return p
-
-
-@dataclass(frozen=True)
-class Rev:
-    revision: int
-    value: bytes
-    operation: str | None  # None: a PUT; "DEL" / "PURGE": a marker
-    created: datetime.datetime
-
-
-def history(raw: RawNats, bucket: str, key: str) -> list[Rev]:
-    """Every revision of ``key`` the bucket keeps, oldest first (read message by message:
-    nats-py's ``KeyValue.history()`` can miss entries, see tests/test_kv_files.py)."""
-    subject = f"$KV.{bucket}.{key}"
-
-    async def run() -> list[Rev]:
-        out: list[Rev] = []
-        seq = 1
-        while True:
-            try:
-                m = await raw.js.get_msg(f"KV_{bucket}", seq=seq, subject=subject, next=True)
-            except nats.js.errors.NotFoundError:
-                return out
-            op = (m.headers or {}).get("KV-Operation")
-            out.append(Rev(int(m.seq), m.data or b"", op, m.time))
-            seq = int(m.seq) + 1
-
-    return raw.run(run())
 
 
 def new_bucket(raw: RawNats, **kw: Any) -> str:
