@@ -122,7 +122,10 @@ def test_read_only(server, raw, bucket, tmp_path):
         p = m.path("kv", bucket, "k")
         assert p.read_bytes() == b"v"
         for fn in (lambda: p.write_bytes(b"x"), lambda: os.unlink(p),
-                   lambda: m.path("kv", bucket, "new").write_bytes(b"x")):
+                   lambda: m.path("kv", bucket, "new").write_bytes(b"x"),
+                   lambda: os.chmod(p, 0o600), lambda: os.utime(p), lambda: os.truncate(p, 0),
+                   lambda: os.rename(p, m.path("kv", bucket, "k2")),
+                   lambda: os.mkdir(m.path("kv", bucket, "d")), lambda: os.mkdir(m.path("kv", "newbucket"))):
             with pytest.raises(OSError) as e:
                 fn()
             assert e.value.errno == errno.EROFS

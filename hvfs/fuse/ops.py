@@ -19,7 +19,7 @@ from typing import Any, ParamSpec, TypeVar
 
 import pyfuse3
 
-from ..errors import HvfsError, NotPermitted, errno_of
+from ..errors import HvfsError, NotPermitted, ReadOnly, errno_of
 from ..vfs.core import XATTRS, Vfs
 from ..vfs.handles import Handle
 from ..vfs.tree import Kind, Node
@@ -236,10 +236,15 @@ class Operations(pyfuse3.Operations):
     async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes, fields: pyfuse3.SetattrFields,
                       fh: int | None, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         node = self.core.node(inode)
-        if fields.update_mode and stat.S_IMODE(attr.st_mode) != self._mode_of(node):
+        mode_change = fields.update_mode and stat.S_IMODE(attr.st_mode) != self._mode_of(node)
+        owner_change = (fields.update_uid and attr.st_uid != self.uid) or \
+            (fields.update_gid and attr.st_gid != self.gid)
+        if (mode_change or owner_change) and self.core.read_only:
+            raise ReadOnly("mounted read-only")
+        if mode_change:
             raise NotPermitted(f"modes are not stored here: {self._mode_of(node):04o} is the only mode "
                                f"(asked {stat.S_IMODE(attr.st_mode):04o})")
-        if (fields.update_uid and attr.st_uid != self.uid) or (fields.update_gid and attr.st_gid != self.gid):
+        if owner_change:
             raise NotPermitted(f"owners are not stored here: files belong to {self.uid}:{self.gid}")
         if fields.update_size:
             await self.core.set_size(inode, attr.st_size, fh)
