@@ -188,7 +188,10 @@ class KvWatch:
             self._drop()
             await asyncio.shield(self._stop())  # a consumer half made goes too
             raise
-        if info.num_pending == 0 and self.sub.delivered == 0 and not self._synced:
+        # Empty only if the server has sent nothing and has nothing to send: messages
+        # it sent may not have reached on_msg yet (the last of them says SYNCED).
+        sent = info.delivered.consumer_seq if info.delivered is not None else 0
+        if info.num_pending == 0 and not sent and not self._synced:
             self._synced = True
             self._emit(SYNCED)
         self._release()

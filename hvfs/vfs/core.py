@@ -20,6 +20,7 @@ import trio
 
 from ..config import MountConfig
 from ..errors import (
+    Exists,
     HvfsError,
     Invalid,
     IsADirectory,
@@ -244,6 +245,13 @@ class Vfs:
         parent = self.node(parent_ino)
         if parent.kind is not Kind.DIR:
             raise NotADirectory(f"{display(parent)} is not a directory")
+        assert parent.children is not None
+        existing = parent.children.get(name)
+        if existing is not None:
+            # Known here since the kernel's lookup: an open like any other (counted, settled).
+            if flags & os.O_EXCL:
+                raise Exists(f"{display(existing)} exists")
+            return await self.open(existing.ino, flags, pid)
         return self._opened(await parent.provider.create(parent, name, flags, pid), flags, pid)
 
     async def read(self, fh: int, off: int, size: int) -> bytes:

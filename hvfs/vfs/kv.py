@@ -352,10 +352,14 @@ class KvProvider(Provider):
         """truncate(2) of a path: one new revision."""
         if node.kind is not Kind.KV:
             raise NotPermitted("only files of keys can be truncated")
+        self.sv.metrics.inc("vfs.opens")
         h = await self.open(node, os.O_RDWR, 0)
-        await self.truncate(h, size)
-        async with h.lock:
-            await self.flush(h, final=True)
+        try:
+            await self.truncate(h, size)
+            async with h.lock:
+                await self.flush(h, final=True)
+        finally:
+            self.sv.published(h)  # an unregistered handle: its writers entry goes with it
 
     async def touch(self, node: Node, pid: int) -> None:
         """utimensat(UTIME_NOW): a new revision with the same value, a heartbeat
