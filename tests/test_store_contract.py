@@ -31,8 +31,9 @@ from hvfs.errors import (
     Unavailable,
 )
 from hvfs.store import RESYNC, SYNCED, BucketInfo, KvChange, MsgSeen, Op, QueueGone, QueueMsg, Store
-from hvfs.store.memory import MemoryStore, subject_matches
+from hvfs.store.memory import MemoryStore
 from hvfs.store.nats import NatsStore
+from hvfs.store.rules import subject_matches
 
 from .helpers import RawNats, add_stream
 

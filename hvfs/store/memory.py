@@ -18,7 +18,6 @@ import contextlib
 import datetime as dt
 import logging
 import math
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,8 +30,6 @@ from ..errors import (
     Exists,
     HvfsError,
     Invalid,
-    InvalidName,
-    NameTooLong,
     NotFound,
     NotPermitted,
     PermissionDenied,
@@ -56,66 +53,25 @@ from .base import (
     StreamMsg,
     WatchSink,
 )
+from .rules import (
+    KV_OP,
+    check_bucket,
+    check_key,
+    check_new_bucket,
+    check_subject,
+    hdr_size,
+    subject_matches,
+)
 
-__all__ = ["MemoryStore", "subject_matches"]
+__all__ = ["MemoryStore"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-_KV_OP = "KV-Operation"
 _LAST = "Nats-Expected-Last-Subject-Sequence"
 _EXPECT = "Nats-Expected-Stream"
 _CHUNK = 256
 _DUPE_WINDOW = 120.0  # nats-py's KV default; streams made by add_stream get the server's, also 2 min
-# The names NatsStore lets through (see hvfs.store.nats, which says why).
-_BUCKET_RE = re.compile(r"^[a-zA-Z0-9_-]+$")
-_MAX_BUCKET = 255 - len("KV_")
-_NOT_IN_BUCKET = re.compile(r"[\s\x00-\x1f\x7f.*>/\\]")
-_NOT_IN_KEY = re.compile(r"[\s\x00-\x1f\x7f*>]")
-_MAX_SUBJECT = 3840
-
-
-def _check_bucket(name: str, what: str) -> None:
-    if not name or len(name) > _MAX_BUCKET or _NOT_IN_BUCKET.search(name):
-        raise InvalidName(f"{what}: {name!r} is not a bucket name")
-
-
-def _check_new_bucket(name: str, what: str) -> None:
-    if len(name) > _MAX_BUCKET:
-        raise NameTooLong(f"{what}: a bucket name has at most {_MAX_BUCKET} characters, not {len(name)}")
-    if not _BUCKET_RE.match(name):
-        raise InvalidName(f"{what}: {name!r} is not a bucket name: only letters, digits, '-' and '_'")
-
-
-def _literal(name: str) -> bool:
-    return bool(name) and not (name.startswith(".") or name.endswith(".") or ".." in name
-                               or _NOT_IN_KEY.search(name))
-
-
-def _check_key(bucket: str, key: str, what: str) -> None:
-    _check_bucket(bucket, what)
-    if not _literal(key):
-        raise InvalidName(f"{what}: {key!r} is not a key")
-    if len(f"$JS.API.DIRECT.GET.KV_{bucket}.$KV.{bucket}.{key}".encode()) > _MAX_SUBJECT:
-        raise NameTooLong(f"{what}: a key of {len(key.encode())} bytes is longer than a NATS subject here carries")
-
-
-def subject_matches(pattern: str, subject: str) -> bool:
-    """NATS subject matching: ``*`` is one token, a final ``>`` one or more."""
-    p, s = pattern.split("."), subject.split(".")
-    for i, tok in enumerate(p):
-        if tok == ">":
-            return len(s) > i
-        if i >= len(s) or (tok != "*" and tok != s[i]):
-            return False
-    return len(p) == len(s)
-
-
-def _hdr_size(headers: dict[str, str]) -> int:
-    """Wire bytes of "NATS/1.0\\r\\n", "k: v\\r\\n"..., "\\r\\n": the server counts them as message size."""
-    return 12 + sum(len(k.encode()) + len(v.encode()) + 4 for k, v in headers.items()) if headers else 0
-
-
 def _no_stream(what: str) -> Unavailable:
     return Unavailable(f"{what}: no JetStream responder (bucket or stream missing?)")  # no stream takes it
 
@@ -130,7 +86,7 @@ class _Msg:
 
     @property
     def op(self) -> Op:
-        return {"DEL": Op.DEL, "PURGE": Op.PURGE}.get(self.headers.get(_KV_OP, ""), Op.PUT)
+        return {"DEL": Op.DEL, "PURGE": Op.PURGE}.get(self.headers.get(KV_OP, ""), Op.PUT)
 
 
 @dataclass(slots=True)
@@ -187,7 +143,7 @@ class _Stream:
         return self.msgs[seqs[-1]] if seqs else None
 
     def check_size(self, data: bytes, headers: dict[str, str], max_payload: int, what: str) -> None:
-        size = len(data) + _hdr_size(headers)
+        size = len(data) + hdr_size(headers)
         if len(data) > max_payload or size > max_payload:  # NatsStore refuses it before sending
             raise TooLarge(f"{what}: value larger than the server's max payload")
         if 0 < self.max_msg_size < size:
@@ -435,20 +391,20 @@ class MemoryStore:
             st.bucket_info() for n, st in sorted(self._streams.items()) if n.startswith("KV_")])
 
     async def bucket(self, name: str) -> BucketInfo:
-        _check_bucket(name, f"bucket {name}")
+        check_bucket(name, f"bucket {name}")
         return await self._call(f"bucket {name}", f"$JS.API.STREAM.INFO.KV_{name}",
                                 lambda: self._stream(f"KV_{name}", f"no KV bucket {name!r}").bucket_info())
 
     async def create_bucket(self, name: str, history: int = 10) -> BucketInfo:
         what = f"create bucket {name}"
-        _check_new_bucket(name, what)
+        check_new_bucket(name, what)
         return await self._call(what, "$JS.API.STREAM.CREATE", lambda: self.add_bucket(name, history, what=what))
 
     def add_bucket(self, name: str, history: int = 10, max_value_size: int = -1, *,
                    what: str = "") -> BucketInfo:
         """create_bucket's work (direct gets on); a test calls it to make a bucket with a max value size."""
         what = what or f"create bucket {name}"
-        _check_new_bucket(name, what)
+        check_new_bucket(name, what)
         if history > 64:
             raise Invalid(f"{what}: nats: history limited to a max of 64")
         st = _Stream(f"KV_{name}", [f"$KV.{name}.>"], max_value_size, deny_delete=True, history=history,
@@ -464,7 +420,7 @@ class MemoryStore:
     # -- keys ----------------------------------------------------------------------
 
     async def get(self, bucket: str, key: str, revision: int | None = None) -> KvEntry:
-        _check_key(bucket, key, f"get {bucket}/{key}")
+        check_key(bucket, key, f"get {bucket}/{key}")
         at = f"{bucket}/{key}" + (f"@{revision}" if revision else "")
         subject = f"$KV.{bucket}.{key}"
 
@@ -501,7 +457,7 @@ class MemoryStore:
 
     async def _put(self, bucket: str, key: str, value: bytes, last: int, create: bool) -> int:
         what, subject = f"put {bucket}/{key}", f"$KV.{bucket}.{key}"
-        _check_key(bucket, key, what)
+        check_key(bucket, key, what)
 
         def run() -> int:
             st = self._stream(f"KV_{bucket}", f"no KV bucket {bucket!r}")
@@ -520,13 +476,13 @@ class MemoryStore:
 
     async def delete(self, bucket: str, key: str, last: int | None = None) -> None:
         what, subject = f"delete {bucket}/{key}", f"$KV.{bucket}.{key}"
-        _check_key(bucket, key, what)
+        check_key(bucket, key, what)
         await self._call(what, subject, lambda: self._append_kv(
-            self._stream(f"KV_{bucket}", f"no KV bucket {bucket!r}"), what, subject, b"", {_KV_OP: "DEL"},
+            self._stream(f"KV_{bucket}", f"no KV bucket {bucket!r}"), what, subject, b"", {KV_OP: "DEL"},
             last or None))
 
     async def watch(self, bucket: str, sink: WatchSink) -> _Watch:
-        _check_bucket(bucket, f"watch {bucket}")
+        check_bucket(bucket, f"watch {bucket}")
         return await self._watch(f"KV_{bucket}", sink, f"watch {bucket}", kv=True)
 
     async def _watch(self, name: str, sink: WatchSink, what: str, kv: bool) -> _Watch:
@@ -575,10 +531,7 @@ class MemoryStore:
     async def publish(self, subject: str, data: bytes, stream: str, msg_id: str) -> int:
         """Append one message; ``msg_id`` makes a retried publish a no-op."""
         what = f"publish {subject}"
-        if not _literal(subject):
-            raise InvalidName(f"{what}: not a literal subject")
-        if len(subject.encode()) > _MAX_SUBJECT:
-            raise NameTooLong(f"{what[:80]}...: a subject of {len(subject.encode())} bytes is longer than NATS carries here")
+        check_subject(subject, what)
 
         def run() -> int:
             st = next((s for s in self._streams.values()

@@ -30,7 +30,6 @@ from ..errors import (
     HvfsError,
     Invalid,
     InvalidName,
-    NameTooLong,
     NotFound,
     NotPermitted,
     PermissionDenied,
@@ -49,6 +48,7 @@ from .base import (
     WatchSink,
 )
 from .natssubs import KvWatch, NatsQueue, StreamWatch, op_of, stream_info, ts
+from .rules import KV_OP, check_bucket, check_key, check_new_bucket, check_subject, hdr_size
 
 __all__ = ["NatsStore"]
 
@@ -56,84 +56,11 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-_KV_OP = "KV-Operation"  # also in natssubs
-_MARKER = "Nats-Marker-Reason"
 _ERR_WRONG_LAST = (10071, 10164)
 _ERR_TOO_BIG = (10054,)
 _ERR_SEQ_NOT_FOUND = 10043  # a message delete of a gap inside the stream (400)
 _ERR_DELETE_FAILED = 10057  # every other refused message delete (500); the text says why
-_CHUNK = 256
 _PERM_RE = re.compile(r'permissions violation for (?:publish|subscription) to "?([^"\s]+)', re.I)
-
-# Names. The server takes any literal subject; these are what hvfs lets through
-# (the same rules in hvfs.store.memory): a new bucket is named as every KV client
-# allows, an existing one as a stream name and subject token can be; a key is a
-# literal subject tail. A PUB line over the server's 4096-byte max control line
-# makes the server drop the connection, so the longest subject a key call sends
-# (a direct get's, which holds the key's subject) stays well under it.
-_BUCKET_RE = re.compile(r"^[a-zA-Z0-9_-]+$")
-_MAX_BUCKET = 255 - len("KV_")  # the server's longest stream name
-_NOT_IN_BUCKET = re.compile(r"[\s\x00-\x1f\x7f.*>/\\]")
-_NOT_IN_KEY = re.compile(r"[\s\x00-\x1f\x7f*>]")
-_MAX_SUBJECT = 3840
-
-
-def _check_bucket(name: str, what: str) -> None:
-    """InvalidName for a name no bucket can have; no request is made for it."""
-    if not name or len(name) > _MAX_BUCKET or _NOT_IN_BUCKET.search(name):
-        raise InvalidName(f"{what}: {name!r} is not a bucket name (no '.', '*', '>', '/', '\\', "
-                          "white space or control character; 1 to 252 characters)")
-
-
-def _check_new_bucket(name: str, what: str) -> None:
-    if len(name) > _MAX_BUCKET:
-        raise NameTooLong(f"{what}: a bucket name has at most {_MAX_BUCKET} characters, not {len(name)}")
-    if not _BUCKET_RE.match(name):
-        raise InvalidName(f"{what}: {name!r} is not a bucket name: only letters, digits, '-' and '_' "
-                          "(no '.', spaces or wildcards), at least one")
-
-
-def _get_subject(bucket: str, key: str) -> str:
-    """The request subject of a direct get of a key's last value (nats-py puts the key's subject in it)."""
-    return f"$JS.API.DIRECT.GET.KV_{bucket}.$KV.{bucket}.{key}"
-
-
-def _literal_error(name: str, kind: str) -> str:
-    """Why ``name`` is no literal subject (tail), or "" if it is one."""
-    if not name:
-        return f"a {kind} cannot be empty"
-    if name.startswith(".") or name.endswith(".") or ".." in name:
-        return f"a {kind} cannot start or end with '.' or hold '..' (an empty token)"
-    m = _NOT_IN_KEY.search(name)
-    if m is not None:
-        return f"a {kind} cannot hold {m.group()!r} (no wildcard '*' or '>', white space or control character)"
-    return ""
-
-
-def _check_key(bucket: str, key: str, what: str) -> None:
-    """InvalidName for a key that is no literal subject tail (a wildcard would match
-    other keys, an empty token or white space no subject at all); no request is made."""
-    _check_bucket(bucket, what)
-    why = _literal_error(key, "key")
-    if why:
-        raise InvalidName(f"{what}: {key!r}: {why}")
-    if len(_get_subject(bucket, key).encode()) > _MAX_SUBJECT:
-        raise NameTooLong(f"{what}: a key of {len(key.encode())} bytes is longer than a NATS subject here carries")
-
-
-def _check_subject(subject: str, what: str) -> None:
-    """The same for a subject a stream message is published to."""
-    why = _literal_error(subject, "subject")
-    if why:
-        raise InvalidName(f"{what[:80]}: {why}")
-    if len(subject.encode()) > _MAX_SUBJECT:
-        raise NameTooLong(f"{what[:80]}...: a subject of {len(subject.encode())} bytes is longer than NATS carries here")
-
-
-def _hdr_size(headers: dict[str, str]) -> int:
-    """Wire bytes of "NATS/1.0\\r\\n", "k: v\\r\\n"..., "\\r\\n": the server counts them in a message's size."""
-    return 12 + sum(len(k.encode()) + len(v.encode()) + 4 for k, v in headers.items()) if headers else 0
-
 
 class NatsStore:
     """Store interface on a real NATS connection (see hvfs.store.base.Store)."""
@@ -372,7 +299,7 @@ class NatsStore:
     async def bucket(self, name: str) -> BucketInfo:
         if name in self._info:
             return self._info[name]
-        _check_bucket(name, f"bucket {name}")
+        check_bucket(name, f"bucket {name}")
 
         async def run() -> BucketInfo:
             try:
@@ -386,7 +313,7 @@ class NatsStore:
         return await self._call(f"bucket {name}", run(), subject=f"$JS.API.STREAM.INFO.KV_{name}")
 
     async def create_bucket(self, name: str, history: int = 10) -> BucketInfo:
-        _check_new_bucket(name, f"create bucket {name}")
+        check_new_bucket(name, f"create bucket {name}")
 
         async def run() -> BucketInfo:
             await self._js.create_key_value(bucket=name, history=history, direct=True)
@@ -418,7 +345,7 @@ class NatsStore:
     # -- keys --------------------------------------------------------------
 
     async def get(self, bucket: str, key: str, revision: int | None = None) -> KvEntry:
-        _check_key(bucket, key, f"get {bucket}/{key}")
+        check_key(bucket, key, f"get {bucket}/{key}")
         subject = f"$KV.{bucket}.{key}"
 
         async def fetch(direct: bool) -> Any:
@@ -455,7 +382,7 @@ class NatsStore:
     def _check_payload(self, data: bytes, headers: dict[str, str], stream: str, what: str) -> None:
         """TooLarge for a message over the server's max payload, headers counted: nats-py
         checks the payload alone, and the server drops the connection for the rest."""
-        size = len(data) + _hdr_size({**headers, "Nats-Expected-Stream": stream})  # nats-py adds that header
+        size = len(data) + hdr_size({**headers, "Nats-Expected-Stream": stream})  # nats-py adds that header
         if size > self.max_payload:
             raise TooLarge(f"{what}: {len(data)} bytes and {size - len(data)} of headers are over "
                            f"the server's max payload of {self.max_payload}")
@@ -477,7 +404,7 @@ class NatsStore:
 
     async def _put(self, bucket: str, key: str, value: bytes, last: int, create: bool) -> int:
         what = f"put {bucket}/{key}"
-        _check_key(bucket, key, what)
+        check_key(bucket, key, what)
         subject = f"$KV.{bucket}.{key}"
 
         async def publish(expect: int) -> int:
@@ -507,8 +434,8 @@ class NatsStore:
 
     async def delete(self, bucket: str, key: str, last: int | None = None) -> None:
         what = f"delete {bucket}/{key}"
-        _check_key(bucket, key, what)
-        hdrs = {_KV_OP: "DEL"}
+        check_key(bucket, key, what)
+        hdrs = {KV_OP: "DEL"}
         if last:
             hdrs[api.Header.EXPECTED_LAST_SUBJECT_SEQUENCE] = str(last)
 
@@ -555,7 +482,7 @@ class NatsStore:
         """Append one message; ``msg_id`` makes a retried publish a no-op."""
 
         what = f"publish {subject}"
-        _check_subject(subject, what)
+        check_subject(subject, what)
         hdrs = {"Nats-Msg-Id": msg_id}
 
         async def run() -> int:
@@ -635,7 +562,7 @@ class NatsStore:
     async def watch(self, bucket: str, sink: WatchSink) -> KvWatch:
         """RESYNC, the snapshot, SYNCED, then live changes; NotFound (and nothing
         sent to the sink) if the bucket is not there."""
-        _check_bucket(bucket, f"watch {bucket}")
+        check_bucket(bucket, f"watch {bucket}")
         assert self._token is not None
         w = KvWatch(self, bucket, sink, self._token)
         await self._call(f"watch {bucket}", w.start(), bound=max(self.timeout, 10.0),

@@ -34,12 +34,12 @@ from .base import (
     StreamInfo,
     WatchSink,
 )
+from .rules import KV_OP
 
 __all__ = ["KvWatch", "NatsQueue", "StreamWatch", "op_of", "stream_info", "ts"]
 
 log = logging.getLogger(__name__)
 
-_KV_OP = "KV-Operation"
 _MARKER = "Nats-Marker-Reason"
 _CHUNK = 256
 
@@ -47,7 +47,7 @@ _CHUNK = 256
 def op_of(headers: dict[str, str] | None) -> Op:
     if not headers:
         return Op.PUT
-    op = headers.get(_KV_OP)
+    op = headers.get(KV_OP)
     if op == "DEL":
         return Op.DEL
     if op == "PURGE":

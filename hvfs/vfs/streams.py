@@ -15,22 +15,12 @@ import time
 
 from ..names import decode_token, encode_name
 from ..store import MsgSeen, StreamInfo
+from ..store.rules import subject_matches
 from .tree import Kind, Node, Tree
 
-__all__ = ["LOG_NAME", "StreamView", "subject_matches"]
+__all__ = ["LOG_NAME", "StreamView"]
 
 LOG_NAME = b".log"
-
-
-def subject_matches(pattern: str, subject: str) -> bool:
-    """NATS subject matching: ``*`` one token, ``>`` one or more trailing tokens."""
-    p, s = pattern.split("."), subject.split(".")
-    for i, tok in enumerate(p):
-        if tok == ">":
-            return len(s) > i
-        if i >= len(s) or (tok != "*" and tok != s[i]):
-            return False
-    return len(p) == len(s)
 
 
 class StreamView:
