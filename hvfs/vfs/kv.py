@@ -30,7 +30,7 @@ from ..errors import (
     NotSupported,
     TooLarge,
 )
-from ..store import RESYNC, SYNCED, KvChange, Op, Watch
+from ..store import RESYNC, SYNCED, KvChange, KvEntry, Op, Watch
 from .handles import Handle
 from .policy import WritePolicy
 from .provider import Provider, Services
@@ -224,12 +224,7 @@ class KvProvider(Provider):
             # this writer saw; a newer one makes the publish fail (ESTALE), never lost.
             node.told = 0  # the kernel sets its size to 0 on an O_TRUNC open
             return Handle(0, node, True, bytearray(), node.revision, dirty=node.size > 0)
-        try:
-            entry = await self.sv.store.get(view.bucket, node.key)
-        except NotFound:
-            view.remove(node.key, None)
-            raise NotFound(f"{display(node)}: the key is gone") from None
-        view.put(node.key, entry.revision, len(entry.value), entry.time)
+        entry = await self.fetch(node)
         shown = self.policy(view).on_read(node, entry.value)
         if not writable:
             h = Handle(0, node, False, shown, entry.revision)
@@ -336,6 +331,18 @@ class KvProvider(Provider):
             # Another writer's revision arrived while ours was in flight.
             self.sv.tree.notify(target.parent, target.name, target, "modify")
 
+    async def fetch(self, node: Node) -> KvEntry:
+        """The key's latest value from NATS, recorded in the index; ENOENT if it is gone."""
+        view = node.view
+        assert view is not None
+        try:
+            entry = await self.sv.store.get(view.bucket, node.key)
+        except NotFound:
+            view.remove(node.key, None)
+            raise NotFound(f"{display(node)}: the key is gone") from None
+        view.put(node.key, entry.revision, len(entry.value), entry.time)
+        return entry
+
     async def current_revision(self, view: KvView, key: str) -> int:
         try:
             return (await self.sv.store.get(view.bucket, key)).revision
@@ -371,11 +378,7 @@ class KvProvider(Provider):
             return
         self.writable()
         view = node.view
-        try:
-            entry = await self.sv.store.get(view.bucket, node.key)
-        except NotFound:
-            view.remove(node.key, None)
-            raise NotFound(f"{display(node)}: the key is gone") from None
+        entry = await self.fetch(node)
         try:
             with view.muted(node.key):
                 rev = await self.sv.store.update(view.bucket, node.key, entry.value, entry.revision)
@@ -499,15 +502,7 @@ class KvProvider(Provider):
         for h in self.handles_of(node, pid):
             if h.base:
                 return h.base
-        view = node.view
-        assert view is not None
-        try:
-            entry = await self.sv.store.get(view.bucket, node.key)
-        except NotFound:
-            view.remove(node.key, None)
-            raise NotFound(f"{display(node)}: the key is gone") from None
-        view.put(node.key, entry.revision, len(entry.value), entry.time)
-        return entry.revision
+        return (await self.fetch(node)).revision
 
     def handles_of(self, node: Node, pid: int) -> list[Handle]:
         """The handles on ``node`` that the process of thread ``pid`` opened, newest first.
