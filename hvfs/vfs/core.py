@@ -195,9 +195,7 @@ class Vfs:
             if node is not None:
                 return node
         _check_name(name)
-        parent = self.node(parent_ino)
-        if parent.kind is not Kind.DIR:
-            raise NotADirectory(f"{display(parent)} is not a directory")
+        parent = self._dir(parent_ino)
         if name == b".":
             return parent
         if name == b"..":
@@ -208,11 +206,9 @@ class Vfs:
         return child
 
     async def readdir(self, ino: int, pid: int = 0) -> list[tuple[bytes, Node]]:
-        d = self.node(ino)
+        d = self._dir(ino)
         if not self.echo.owns(pid):
             self.listed[ino] = time.monotonic()
-        if d.kind is not Kind.DIR:
-            raise NotADirectory(f"{display(d)} is not a directory")
         await d.provider.listing(d)
         assert d.children is not None
         return sorted(d.children.items())
@@ -242,9 +238,7 @@ class Vfs:
             node = self.echo.announced(parent_ino, name, Kind.KV)
             return self._register(Handle(0, node, True, b"", node.revision, pid=pid, echo=True))
         _check_name(name)
-        parent = self.node(parent_ino)
-        if parent.kind is not Kind.DIR:
-            raise NotADirectory(f"{display(parent)} is not a directory")
+        parent = self._dir(parent_ino)
         assert parent.children is not None
         existing = parent.children.get(name)
         if existing is not None:

@@ -52,8 +52,7 @@ class Services:
     def fail(self, h: Handle, err: HvfsError, data: bytes, where: str, current: int | None = None) -> None:
         """End ``h`` with ``err``: its bytes go to .hvfs/conflicts/, later calls fail alike."""
         h.dirty = h.wrote = False
-        if self.writers.get(h.node.ino) is h:
-            del self.writers[h.node.ino]
+        self.published(h)  # nothing of it is pending any more
         c = self.conflicts.add(where, h.node.key, h.base, current, errno_of(err), err.reason, data)
         err.reason = f"{err.reason}; your bytes are in .hvfs/conflicts/{c.file}"
         h.failed = err
@@ -65,6 +64,7 @@ class Services:
         h.node.mtime = h.node.ctime = time.time()
 
     def published(self, h: Handle) -> None:
+        """``h`` holds no unpublished bytes any more: the size is the index's again."""
         if self.writers.get(h.node.ino) is h:
             del self.writers[h.node.ino]
 
