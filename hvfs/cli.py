@@ -61,9 +61,13 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--tlscert", help="TLS client certificate (env NATS_CERT)")
     m.add_argument("--tlskey", help="TLS client key (env NATS_KEY)")
     m.add_argument("--timeout", type=float, default=2.0, help="bound on every NATS call, seconds (default 2)")
-    m.add_argument("--config", help="mount config file (YAML): paths bound to buckets and work queues (docs/queues.md)")
+    m.add_argument("--config", help="mount config file (YAML): paths bound to buckets, streams and work "
+                   "queues, with formats, schemas and TTLs; missing buckets and streams are created "
+                   "(docs/config.md, examples/fleet.yml)")
     m.add_argument("--store", help="store dir of the embedded nats-server (default ~/.local/share/hvfs/nats)")
     m.add_argument("--read-only", action="store_true", help="refuse every write with EROFS")
+    m.add_argument("--writer", help="name put on every write (header Hvfs-Writer, user.hvfs.writer); "
+                   "default: the config's writer, else the NATS user, else the host name")
     m.add_argument("--allow-other", action="store_true", default=None,
                    help="let other users see the mount (default: on when run as root)")
     m.add_argument("--no-notify", action="store_true",
@@ -116,7 +120,7 @@ def _mount(a: argparse.Namespace) -> int:
     opts = MountOptions(
         mountpoint=os.path.abspath(a.mountpoint), connect=connect, config=config,
         store_dir=a.store or default_store_dir(), read_only=a.read_only, allow_other=allow_other,
-        notify=not a.no_notify,
+        notify=not a.no_notify, writer=a.writer,
     )
 
     def ready() -> None:

@@ -11,17 +11,50 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from .codec import Codec, StrictLoader, yaml_problem
+from .entities import resolve_schema
 from .errors import Invalid
 
-__all__ = ["Binding", "ConnectOptions", "MountConfig", "QueueBinding", "load_config", "load_context"]
+__all__ = [
+    "Binding", "ConnectOptions", "MountConfig", "QueueBinding", "StreamBinding", "load_config", "load_context",
+]
 
 _BUCKET_RE = re.compile(r"^[a-zA-Z0-9_-]+$")
 _PREFIX_RE = re.compile(r"^[-/_=a-zA-Z0-9]+(\.[-/_=a-zA-Z0-9]+)*$")
+_SUBJECT_PREFIX_RE = re.compile(r"^[-_=a-zA-Z0-9]+(\.[-_=a-zA-Z0-9]+)*$")
+_NOT_IN_TOKEN = re.compile(r"[\s\x00-\x1f\x7f]")
+_WRITER_RE = re.compile(r"^[!-9;-~]{1,128}$")  # printable ASCII but space and ':'
+_RAW_DIRS = ("kv", "streams")  # the raw view's top-level directories
+
+Format = Literal["raw", "yaml", "json"]
+Storage = Literal["file", "memory"]
+Loc = tuple[str | int, ...]
+
+
+class _At(ValueError):
+    """A validation error that knows where in the file it is (``loc`` below the model raising it).
+
+    pydantic puts the exception in the error's ``ctx``; load_config reads the
+    loc there so that a cross-check points at the line it is about.
+    """
+
+    def __init__(self, loc: Loc, msg: str) -> None:
+        super().__init__(msg)
+        self.loc = loc
 
 
 class ConnectOptions(BaseModel):
@@ -41,23 +74,116 @@ class ConnectOptions(BaseModel):
     timeout: float = Field(2.0, gt=0, le=60, description="bound on every NATS call, seconds")
 
 
-class Binding(BaseModel):
-    """A mount path bound to a KV bucket, optionally under a key prefix."""
+def _norm_path(v: str) -> str:
+    parts = [p for p in v.strip("/").split("/") if p]
+    if not parts or any(p in (".", "..") for p in parts) or parts[0] == ".hvfs":
+        raise ValueError(f"bad binding path {v!r}")
+    return "/".join(parts)
 
-    model_config = ConfigDict(extra="forbid")
+
+def _subject_error(s: str) -> str:
+    """Why ``s`` is no NATS subject a stream can take (wildcards allowed), or ""."""
+    if not s:
+        return "a subject cannot be empty"
+    toks = s.split(".")
+    for i, t in enumerate(toks):
+        if not t:
+            return f"{s!r}: empty token (a leading, trailing or double '.')"
+        if _NOT_IN_TOKEN.search(t):
+            return f"{s!r}: white space or a control character"
+        if ("*" in t or ">" in t) and t not in ("*", ">"):
+            return f"{s!r}: a wildcard ('*' or '>') must be a whole token"
+        if t == ">" and i != len(toks) - 1:
+            return f"{s!r}: '>' can only be the last token"
+    return ""
+
+
+def _covers(subject: str, prefix: str) -> bool:
+    """Whether ``subject`` (a stream's, wildcards allowed) matches some subject below ``prefix``."""
+    p = prefix.split(".")
+    for i, tok in enumerate(subject.split(".")):
+        if tok == ">" or i == len(p):
+            return True
+        if tok != "*" and tok != p[i]:
+            return False
+    return False
+
+
+class _Typed(BaseModel):
+    """What KV and stream bindings share: values decoded by a format, checked by a schema."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    if TYPE_CHECKING:
+        format: Format
+        schema_name: str | None
+        refs: dict[str, str]
+
+    _model: type[BaseModel] | None = PrivateAttr(None)
+    _line: ClassVar[bool] = False  # a codec's values end with "\n" (stream messages)
+
+    @property
+    def schema_model(self) -> type[BaseModel] | None:
+        """The model ``schema`` names, resolved when the config was validated."""
+        return self._model
+
+    def codec(self) -> Codec | None:
+        """What this binding's files show and store; None for a raw binding."""
+        return None if self.format == "raw" else Codec(self.format, self._model, line=self._line)
+
+    @field_validator("refs", check_fields=False)
+    @classmethod
+    def _refs(cls, v: dict[str, str]) -> dict[str, str]:
+        return {k: _norm_path(p) for k, p in v.items()}
+
+    @model_validator(mode="after")
+    def _schema(self) -> _Typed:
+        if self.schema_name is not None:
+            if self.format == "raw":
+                raise _At(("schema",), "schema needs format yaml or json")
+            try:
+                self._model = resolve_schema(self.schema_name)
+            except Invalid as e:
+                raise _At(("schema",), e.reason) from None
+        if self.refs:
+            if self.format == "raw":
+                raise _At(("refs",), "refs need format yaml or json")
+            if self._model is not None:
+                fields = {f.alias or n for n, f in self._model.model_fields.items()}
+                for k in self.refs:
+                    if k not in fields:
+                        raise _At(("refs", k), f"{k} is not a field of schema {self.schema_name}")
+        return self
+
+
+class Binding(_Typed):
+    """A mount path bound to a KV bucket, optionally under a key prefix.
+
+    ``history`` .. ``max_age`` are the settings of a bucket hvfs creates; an
+    existing bucket keeps its own.
+    """
 
     path: str
     kv: str
     prefix: str = ""
     create: bool = Field(True, description="create the bucket if it does not exist")
+    format: Format = Field("raw", description="raw: bytes as written; yaml/json: entities stored as JSON")
+    schema_name: str | None = Field(None, alias="schema",
+                                    description="a built-in entity schema (hvfs.entities.SCHEMAS) or module:Class")
+    ttl: float | None = Field(None, ge=1, description="per-message TTL of every write, seconds")
+    read_only: bool = False
+    refs: dict[str, str] = Field(default_factory=dict,
+                                 description="field -> path of a KV binding where a key of that name must exist")
+    history: int = Field(10, ge=1, le=64)
+    replicas: int = Field(1, ge=1, le=5)
+    max_value_size: int = Field(-1, description="bytes; -1: no limit")
+    storage: Storage = "file"
+    max_age: float = Field(0.0, ge=0, description="seconds; 0: values never expire")
 
     @field_validator("path")
     @classmethod
     def _path(cls, v: str) -> str:
-        parts = [p for p in v.strip("/").split("/") if p]
-        if not parts or any(p in (".", "..") for p in parts) or parts[0] == ".hvfs":
-            raise ValueError(f"bad binding path {v!r}")
-        return "/".join(parts)
+        return _norm_path(v)
 
     @field_validator("kv")
     @classmethod
@@ -73,6 +199,80 @@ class Binding(BaseModel):
             raise ValueError(f"bad key prefix {v!r}")
         return v
 
+    @field_validator("max_value_size")
+    @classmethod
+    def _size(cls, v: int) -> int:
+        if v != -1 and v < 1:
+            raise ValueError("-1 (no limit) or at least 1")
+        return v
+
+
+class StreamBinding(_Typed):
+    """A stream hvfs creates and, with a path, shows: a message on PREFIX.a.b is the file PATH/a/b/<seq>."""
+
+    _line: ClassVar[bool] = True
+
+    path: str | None = Field(None, description="None: the stream is only created (the raw streams/ view shows it)")
+    stream: str
+    subjects: list[str] = Field(default_factory=list, description="default: PREFIX.>")
+    prefix: str = Field("", description="the subject prefix shown at path")
+    format: Format = "raw"
+    schema_name: str | None = Field(None, alias="schema")
+    refs: dict[str, str] = Field(default_factory=dict)
+    read_only: bool = False
+    create: bool = Field(True, description="create the stream if it does not exist")
+    max_age: float = Field(0.0, ge=0, description="seconds; 0: messages never expire")
+    max_msg_size: int = Field(-1, description="bytes; -1: no limit")
+    replicas: int = Field(1, ge=1, le=5)
+    storage: Storage = "file"
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, v: str | None) -> str | None:
+        return None if v is None else _norm_path(v)
+
+    @field_validator("stream")
+    @classmethod
+    def _stream(cls, v: str) -> str:
+        if not _BUCKET_RE.match(v):
+            raise ValueError(f"bad stream name {v!r} (allowed: letters, digits, '-', '_')")
+        return v
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix(cls, v: str) -> str:
+        if v and not _SUBJECT_PREFIX_RE.match(v):
+            raise ValueError(f"bad subject prefix {v!r} (tokens of letters, digits, '-', '_', '=' joined by '.')")
+        return v
+
+    @field_validator("subjects")
+    @classmethod
+    def _subjects(cls, v: list[str]) -> list[str]:
+        for i, s in enumerate(v):
+            why = _subject_error(s)
+            if why:
+                raise _At((i,), why)
+        return v
+
+    @field_validator("max_msg_size")
+    @classmethod
+    def _size(cls, v: int) -> int:
+        if v != -1 and v < 1:
+            raise ValueError("-1 (no limit) or at least 1")
+        return v
+
+    @model_validator(mode="after")
+    def _cover(self) -> StreamBinding:
+        if not self.subjects:
+            if not self.prefix:
+                raise _At(("subjects",), "subjects are required when there is no prefix")
+            self.subjects = [f"{self.prefix}.>"]
+            self.model_fields_set.discard("subjects")  # derived, not given: an existing stream's own stand
+        elif self.prefix and not any(_covers(s, self.prefix) for s in self.subjects):
+            raise _At(("prefix",), f"no subject of the stream is below prefix {self.prefix} "
+                                   f"(subjects: {', '.join(self.subjects)})")
+        return self
+
 
 class QueueBinding(BaseModel):
     """A mount path bound to a durable pull consumer: its files are deliveries not yet acked."""
@@ -87,7 +287,10 @@ class QueueBinding(BaseModel):
     ack_wait: float = Field(30.0, gt=0.5, description="ack wait of a consumer hvfs creates, seconds")
     max_held: int = Field(4, ge=1, le=1000, description="deliveries this mount holds at once")
 
-    _path = field_validator("path")(Binding._path.__func__)  # type: ignore[attr-defined]
+    @field_validator("path")
+    @classmethod
+    def _path(cls, v: str) -> str:
+        return _norm_path(v)
 
     @field_validator("stream", "durable")
     @classmethod
@@ -97,28 +300,141 @@ class QueueBinding(BaseModel):
         return v
 
 
+def _loc_str(loc: Loc) -> str:
+    out = ""
+    for x in loc:
+        out += f"[{x}]" if isinstance(x, int) else (f".{x}" if out else str(x))
+    return out
+
+
 class MountConfig(BaseModel):
     """The mount config file. With no bindings the mount shows the raw view."""
 
     model_config = ConfigDict(extra="forbid")
 
     bindings: list[Binding] = Field(default_factory=list)
+    streams: list[StreamBinding] = Field(default_factory=list)
     queues: list[QueueBinding] = Field(default_factory=list)
-    raw: bool = Field(True, description="also show kv/<bucket>/ for every bucket")
+    raw: bool = Field(True, description="also show kv/<bucket>/ for every bucket and streams/")
+    writer: str | None = Field(None, description="the writer identity put on every write")
+    meta: str | None = Field(None, description="where the mount shows its read-only _meta/ directory")
+
+    @field_validator("writer")
+    @classmethod
+    def _writer(cls, v: str | None) -> str | None:
+        if v is not None and not _WRITER_RE.match(v):
+            raise ValueError(f"bad writer {v!r}: printable ASCII without spaces or ':', 1 to 128 characters")
+        return v
+
+    @field_validator("meta")
+    @classmethod
+    def _meta(cls, v: str | None) -> str | None:
+        return None if v is None else _norm_path(v)
+
+    @model_validator(mode="after")
+    def _cross(self) -> MountConfig:
+        """One place per path, refs to KV bindings, one setting per bucket and stream."""
+        places: list[tuple[str, Loc]] = [(b.path, ("bindings", i, "path")) for i, b in enumerate(self.bindings)]
+        places += [(s.path, ("streams", i, "path")) for i, s in enumerate(self.streams) if s.path is not None]
+        places += [(q.path, ("queues", i, "path")) for i, q in enumerate(self.queues)]
+        if self.meta is not None:
+            places.append((self.meta, ("meta",)))
+        for j, (p, loc) in enumerate(places):
+            top = p.split("/")[0]
+            if self.raw and top in _RAW_DIRS:
+                raise _At(loc, f"path {p} is in the raw view's {top}/ (choose another path, or raw: false)")
+            for q, qloc in places[:j]:
+                if p == q:
+                    raise _At(loc, f"path {p} is already {_loc_str(qloc[:-1] or qloc)}'s")
+                if p.startswith(q + "/") or q.startswith(p + "/"):
+                    raise _At(loc, f"path {p} and {_loc_str(qloc[:-1] or qloc)}'s {q}: "
+                                   "one binding cannot be inside another")
+        kv_paths = {b.path for b in self.bindings}
+        typed: list[tuple[Loc, _Typed]] = [(("bindings", i), b) for i, b in enumerate(self.bindings)]
+        typed += [(("streams", i), s) for i, s in enumerate(self.streams)]
+        for at, t in typed:
+            for field, target in t.refs.items():
+                if target not in kv_paths:
+                    raise _At((*at, "refs", field), f"{target} is not the path of a KV binding")
+        self._same("bindings", "kv", "bucket", ("history", "replicas", "max_value_size", "storage", "max_age"))
+        self._same("streams", "stream", "stream", ("subjects", "max_age", "max_msg_size", "replicas", "storage"))
+        return self
+
+    def _same(self, where: str, key: str, what: str, attrs: tuple[str, ...]) -> None:
+        """Bindings of one bucket (stream) must agree on how it is created: there is one."""
+        first: dict[str, int] = {}
+        items: list[BaseModel] = getattr(self, where)
+        for i, b in enumerate(items):
+            j = first.setdefault(getattr(b, key), i)
+            for a in attrs:
+                mine, theirs = getattr(b, a), getattr(items[j], a)
+                if isinstance(mine, list):  # subjects: a set
+                    mine, theirs = sorted(mine), sorted(theirs)
+                if mine != theirs:
+                    raise _At((where, i, a), f"{what} {getattr(b, key)}: {a} {mine} differs from "
+                                             f"{where}[{j}]'s {theirs} (one {what}, one setting)")
+
+
+class _ConfigLoader(StrictLoader):
+    allow_aliases = True  # an operator's file, never expanded into JSON: anchors save repetition
+
+
+def _node_line(node: Node | None, loc: Loc) -> int:
+    """The line (from 1) of the deepest node of ``loc`` the file has: where an error is."""
+    if node is None:
+        return 1
+    line = node.start_mark.line + 1
+    for i, part in enumerate(loc):
+        if isinstance(node, SequenceNode) and isinstance(part, int) and 0 <= part < len(node.value):
+            node = node.value[part]
+            line = node.start_mark.line + 1
+        elif isinstance(node, MappingNode):
+            for k, v in node.value:
+                if isinstance(k, ScalarNode) and k.value == str(part):
+                    line = (k if i == len(loc) - 1 else v).start_mark.line + 1
+                    node = v
+                    break
+            else:
+                break
+        else:
+            break
+    return line
 
 
 def load_config(path: str | os.PathLike[str] | None) -> MountConfig:
+    """Read and check a mount config; Invalid names the file, line and field of what is wrong."""
     if path is None:
         return MountConfig()
+    name = os.fspath(path)
     try:
-        data: Any = yaml.safe_load(Path(path).read_text()) or {}
-        return MountConfig.model_validate(data)
-    except (OSError, yaml.YAMLError) as e:
-        raise Invalid(f"config {path}: {e}") from e
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise Invalid(f"config {name}: {e}") from e
+    loader = _ConfigLoader(text)
+    try:
+        node = loader.get_single_node()
+        data: Any = loader.construct_document(node) if node is not None else None
+    except yaml.YAMLError as e:
+        line, col, what = yaml_problem(e)
+        where = f"{name}:{line}" if line is not None else name
+        raise Invalid(f"config {where}: {what}" + (f" (column {col})" if col else "")) from e
+    finally:
+        loader.dispose()
+    try:
+        return MountConfig.model_validate({} if data is None else data)
     except ValidationError as e:
-        first = e.errors()[0]
-        where = ".".join(str(x) for x in first["loc"])
-        raise Invalid(f"config {path}: {where}: {first['msg']}") from e
+        errs = e.errors(include_url=False)
+        out = []
+        for err in errs[:5]:
+            loc: Loc = tuple(err["loc"])
+            exc = (err.get("ctx") or {}).get("error")
+            if isinstance(exc, _At):
+                loc += exc.loc
+            where = _loc_str(loc)
+            msg = err["msg"].removeprefix("Value error, ")
+            out.append(f"config {name}:{_node_line(node, loc)}: " + (f"{where}: {msg}" if where else msg))
+        more = f" (and {len(errs) - 5} more)" if len(errs) > 5 else ""
+        raise Invalid("; ".join(out) + more) from e
 
 
 def load_context(name: str | None) -> dict[str, str]:

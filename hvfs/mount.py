@@ -7,10 +7,13 @@ here, in reverse order, also when start-up fails half way.
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import json
 import logging
 import os
 import signal
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +46,7 @@ class MountOptions:
     attr_timeout: float = 60.0
     notify: bool = True
     debug_fuse: bool = False
+    writer: str | None = None  # --writer; None: the config's, else the NATS user, else the host name
 
 
 def check_mountpoint(path: str) -> None:
@@ -55,6 +59,29 @@ def check_mountpoint(path: str) -> None:
         raise HvfsError(f"{path}: something is already mounted there")
     if not os.access("/dev/fuse", os.R_OK | os.W_OK):
         raise HvfsError("/dev/fuse is not available (FUSE missing or no permission)")
+
+
+def creds_user(path: str | None) -> str | None:
+    """The user name in a NATS credentials file (its JWT's ``name``), if any."""
+    if not path:
+        return None
+    try:
+        text = Path(path).read_text()
+        jwt = text.split("-----BEGIN NATS USER JWT-----")[1].split("------END")[0].strip()
+        body = jwt.split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+    except (OSError, IndexError, ValueError):
+        return None
+    name = claims.get("name") if isinstance(claims, dict) else None
+    return name if isinstance(name, str) and name else None
+
+
+def default_writer(opts: MountOptions) -> str:
+    """Who writes: --writer, the config's ``writer``, the NATS user, the host name."""
+    for w in (opts.writer, opts.config.writer, opts.connect.user, creds_user(opts.connect.creds)):
+        if w:
+            return w
+    return socket.gethostname() or "hvfs"
 
 
 def fuse_connection(mountpoint: str) -> int | None:
@@ -127,7 +154,8 @@ async def _serve(opts: MountOptions, ready: Callable[[], None] | None, state: di
         store = NatsStore(connect)
         stack.push_async_callback(store.close)
         await store.start()
-        core = Vfs(store, opts.config, read_only=opts.read_only, max_payload=store.max_payload)
+        core = Vfs(store, opts.config, read_only=opts.read_only, max_payload=store.max_payload,
+                   writer=default_writer(opts))
         stack.push_async_callback(core.close)
         await core.start()
         if not opts.notify:
@@ -161,7 +189,7 @@ async def _serve(opts: MountOptions, ready: Callable[[], None] | None, state: di
             stack.callback(notifier.stop, lambda: abort_fuse_connection(conn))
             core.tree.listeners.append(notifier.enqueue)
         async with trio.open_nursery() as nursery:
-            if core.kv_dir is not None:
+            if core.kv_dir is not None or core.streams.bound:
                 await nursery.start(core.poll_buckets)
             log.info("mounted %s", opts.mountpoint)
             state["mounted"] = True

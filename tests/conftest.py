@@ -19,6 +19,9 @@ from .helpers import Mount, RawNats
 
 _counter = itertools.count()
 
+#: the seed's whole layout (docs/entities.md), mounted by ``fleet`` and ``fleet2``
+FLEET_CONFIG = Path(__file__).resolve().parent.parent / "examples" / "fleet.yml"
+
 
 def _need_fuse() -> None:
     if not os.access("/dev/fuse", os.R_OK | os.W_OK):
@@ -53,7 +56,7 @@ def raw(server: EmbeddedServer) -> Iterator[RawNats]:
 def mnt(server: EmbeddedServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mount]:
     """One mount shared by the tests of a session (raw view)."""
     _need_fuse()
-    m = Mount(tmp_path_factory.mktemp("mnt") / "m", server.url).start()
+    m = Mount(tmp_path_factory.mktemp("mnt") / "m", server.url, "--writer", "mnt-a").start()
     yield m
     m.stop()
 
@@ -62,7 +65,7 @@ def mnt(server: EmbeddedServer, tmp_path_factory: pytest.TempPathFactory) -> Ite
 def mnt2(server: EmbeddedServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mount]:
     """A second mount of the same server (another host, in effect)."""
     _need_fuse()
-    m = Mount(tmp_path_factory.mktemp("mnt2") / "m", server.url).start()
+    m = Mount(tmp_path_factory.mktemp("mnt2") / "m", server.url, "--writer", "mnt-b").start()
     yield m
     m.stop()
 
@@ -73,3 +76,27 @@ def bucket(raw: RawNats) -> str:
     name = f"t{os.getpid()}_{next(_counter)}"
     raw.create_bucket(name)
     return name
+
+
+@pytest.fixture(scope="session")
+def fleet(server: EmbeddedServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mount]:
+    """examples/fleet.yml mounted as agent ag-7 (buckets fleet_*, streams fleet_threads, fleet_work)."""
+    _need_fuse()
+    m = Mount(tmp_path_factory.mktemp("fleet") / "m", server.url,
+              "--config", str(FLEET_CONFIG), "--writer", "ag-7")
+    try:
+        yield m.start()
+    finally:
+        m.stop()
+
+
+@pytest.fixture(scope="session")
+def fleet2(server: EmbeddedServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mount]:
+    """A second mount of examples/fleet.yml, as agent ag-9 (another host, in effect)."""
+    _need_fuse()
+    m = Mount(tmp_path_factory.mktemp("fleet2") / "m", server.url,
+              "--config", str(FLEET_CONFIG), "--writer", "ag-9")
+    try:
+        yield m.start()
+    finally:
+        m.stop()

@@ -6,6 +6,7 @@ import asyncio
 import datetime
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -102,6 +103,9 @@ class Mount:
         self.mountpoint = mountpoint
         self.server = server
         self.extra = list(extra)
+        #: the Hvfs-Writer its writes carry (--writer; else the host name, as hvfs defaults)
+        self.writer = self.extra[self.extra.index("--writer") + 1] if "--writer" in self.extra \
+            else socket.gethostname()
         self.log = log or mountpoint.with_suffix(".log")
         self.proc: subprocess.Popen[bytes] | None = None
 

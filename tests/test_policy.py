@@ -9,7 +9,7 @@ import os
 import pytest
 import trio
 
-from hvfs.errors import Invalid, errno_of
+from hvfs.errors import Invalid, NotFound, errno_of
 from hvfs.store.memory import MemoryStore
 from hvfs.vfs.core import Vfs
 from hvfs.vfs.policy import Link, Publish, WritePolicy
@@ -21,7 +21,7 @@ PID = 4242
 class Upper(Link):
     """A toy codec: stored upper-case, shown lower-case."""
 
-    def on_write(self, node: Node, p: Publish) -> Publish:
+    async def on_write(self, node: Node, p: Publish) -> Publish:
         return Publish(p.value.upper(), p.ttl, p.headers)
 
     def on_read(self, node: Node, value: bytes) -> bytes:
@@ -31,7 +31,7 @@ class Upper(Link):
 class Framed(Link):
     """A toy second link: stored between brackets."""
 
-    def on_write(self, node: Node, p: Publish) -> Publish:
+    async def on_write(self, node: Node, p: Publish) -> Publish:
         return Publish(b"[" + p.value + b"]", p.ttl, p.headers)
 
     def on_read(self, node: Node, value: bytes) -> bytes:
@@ -41,7 +41,7 @@ class Framed(Link):
 class NoX(Link):
     """A toy schema: a value holding 'x' is refused."""
 
-    def on_write(self, node: Node, p: Publish) -> Publish:
+    async def on_write(self, node: Node, p: Publish) -> Publish:
         if b"x" in p.value:
             raise Invalid("no x allowed")
         return p
@@ -50,9 +50,9 @@ class NoX(Link):
 def test_links_run_in_order_and_back_in_reverse():
     pol = WritePolicy([Upper(), Framed()])
     node = Node(9, Kind.KV, b"f", None)
-    assert pol.on_write(node, b"ab").value == b"[AB]"
+    assert trio.run(pol.on_write, node, b"ab").value == b"[AB]"
     assert pol.on_read(node, b"[AB]") == b"ab"
-    assert WritePolicy().on_write(node, b"raw").value == b"raw" and not WritePolicy()
+    assert trio.run(WritePolicy().on_write, node, b"raw").value == b"raw" and not WritePolicy()
 
 
 def _run(body) -> None:  # type: ignore[no-untyped-def]
@@ -98,7 +98,9 @@ def test_a_refusing_link_fails_the_write_and_keeps_the_bytes():
         with pytest.raises(Invalid):
             await vfs.flush(h.fh)  # the handle is done
         vfs.release(h.fh)
-        assert (await store.get("p", "g")).value == b""  # the empty create of open(), nothing more
+        # The key open() created to claim the name is taken back: no half-made value stays.
+        with pytest.raises(NotFound):
+            await store.get("p", "g")
         [c] = list(vfs.conflicts.items.values())
         assert c.data == b"xyz" and c.errno == errno.EINVAL
 

@@ -30,10 +30,21 @@ from hvfs.errors import (
     TooLarge,
     Unavailable,
 )
-from hvfs.store import RESYNC, SYNCED, BucketInfo, KvChange, MsgSeen, Op, QueueGone, QueueMsg, Store
+from hvfs.store import (
+    RESYNC,
+    SYNCED,
+    BucketInfo,
+    KvChange,
+    MsgSeen,
+    Op,
+    QueueGone,
+    QueueMsg,
+    Store,
+    StreamInfo,
+)
 from hvfs.store.memory import MemoryStore
 from hvfs.store.nats import NatsStore
-from hvfs.store.rules import subject_matches
+from hvfs.store.rules import cas_header_bytes, pattern_covers, subject_matches, write_header_bytes
 
 from .helpers import RawNats, add_stream
 
@@ -72,7 +83,9 @@ class Backend:
         """Another client of the same server (a second mount), not yet started."""
         return self.new()
 
-    def add_bucket(self, store: Store, name: str, history: int = 10, max_value_size: int = -1) -> None:
+    def add_bucket(self, store: Store, name: str, history: int = 10, max_value_size: int = -1,
+                   msg_ttl: bool = True) -> None:
+        """Another client makes a bucket (``msg_ttl`` False: without per-message TTL)."""
         raise NotImplementedError
 
     def add_stream(self, store: Store, name: str, subjects: list[str], max_msg_size: int = -1,
@@ -94,9 +107,10 @@ class MemoryBackend(Backend):
         assert isinstance(store, MemoryStore)
         return store.peer()
 
-    def add_bucket(self, store: Store, name: str, history: int = 10, max_value_size: int = -1) -> None:
+    def add_bucket(self, store: Store, name: str, history: int = 10, max_value_size: int = -1,
+                   msg_ttl: bool = True) -> None:
         assert isinstance(store, MemoryStore)
-        store.add_bucket(name, history, max_value_size)
+        store.add_bucket(name, history, max_value_size, msg_ttl=msg_ttl)
 
     def add_stream(self, store: Store, name: str, subjects: list[str], max_msg_size: int = -1,
                    deny_delete: bool = False) -> None:
@@ -117,8 +131,15 @@ class NatsBackend(Backend):
     def new(self) -> Store:
         return NatsStore(ConnectOptions(servers=[self.url], timeout=2.0))
 
-    def add_bucket(self, store: Store, name: str, history: int = 10, max_value_size: int = -1) -> None:
-        self.raw.create_bucket(name, history=history, max_value_size=max_value_size)
+    def add_bucket(self, store: Store, name: str, history: int = 10, max_value_size: int = -1,
+                   msg_ttl: bool = True) -> None:
+        if msg_ttl:  # nats-py 2.16 allows per-message TTL on every bucket it makes
+            self.raw.create_bucket(name, history=history, max_value_size=max_value_size)
+            return
+        # As an older client makes a bucket: the stream config of one, without allow_msg_ttl.
+        add_stream(self.raw, f"KV_{name}", [f"$KV.{name}.>"], max_msgs_per_subject=history,
+                   max_msg_size=max_value_size, deny_delete=True, allow_direct=True, allow_rollup_hdrs=True,
+                   discard="new", duplicate_window=120.0)
 
     def add_stream(self, store: Store, name: str, subjects: list[str], max_msg_size: int = -1,
                    deny_delete: bool = False) -> None:
@@ -386,7 +407,7 @@ def test_buckets(backend: Backend) -> None:
     async def body(store: Store) -> None:
         b = fresh("list")
         bi = await store.create_bucket(b, history=5)
-        assert bi == BucketInfo(b, -1, 5)
+        assert bi == BucketInfo(b, -1, 5, msg_ttl=True)  # per-message TTL allowed, no markers
         assert await store.bucket(b) == bi
         assert bi in await store.buckets()
         assert await store.create_bucket(b, history=5) == bi  # the same again: no error
@@ -539,6 +560,320 @@ def test_state_counts_calls_not_answers(backend: Backend) -> None:
         assert (store.state.calls, store.state.errors) == (calls + 3, errors)  # so is Exists
 
     backend.run(body)
+
+
+# -- headers, TTL, settings -------------------------------------------------------------
+
+
+async def until(check: Callable[[], Awaitable[bool]], within: float = 5.0) -> float:
+    """Poll ``check`` until it is true; the seconds that took (Timeout-like failure past ``within``)."""
+    t0 = time.monotonic()
+    with trio.fail_after(within):
+        while True:
+            if await check():
+                return time.monotonic() - t0
+            await trio.sleep(0.02)  # the server's state: nothing to wait on but asking again
+
+
+def has(op: Op, key: str) -> Callable[[list[Any]], bool]:
+    return lambda items: any(isinstance(c, KvChange) and (c.key, c.op) == (key, op) for c in items)
+
+
+def test_headers_round_trip(backend: Backend) -> None:
+    async def body(store: Store) -> None:
+        b = fresh("hdr")
+        await store.create_bucket(b)
+        r1 = await store.create(b, "k", b"v", headers={"Hvfs-Writer": "alice"})
+        e = await store.get(b, "k")
+        # Every header the message was stored with: ours, and the CAS ones; not a direct get's own.
+        assert e.headers == {"Hvfs-Writer": "alice", "Nats-Expected-Last-Subject-Sequence": "0",
+                             "Nats-Expected-Stream": f"KV_{b}"}
+        # The store's own headers win over the same names.
+        r2 = await store.update(b, "k", b"w", r1, headers={"Hvfs-Writer": "bob",
+                                                          "Nats-Expected-Last-Subject-Sequence": "999"})
+        assert (await store.get(b, "k")).headers["Hvfs-Writer"] == "bob"
+        assert (await store.get(b, "k", r1)).headers["Hvfs-Writer"] == "alice"
+        await store.delete(b, "k", r2, headers={"Hvfs-Writer": "carol"})
+        marker = await store.get_msg(f"KV_{b}", r2 + 1)
+        assert marker.headers["KV-Operation"] == "DEL" and marker.headers["Hvfs-Writer"] == "carol"
+        assert (await store.create(b, "plain", b"p")) and "Hvfs-Writer" not in (await store.get(b, "plain")).headers
+        s = fresh("HDRS")
+        backend.add_stream(store, s, [f"{s.lower()}.>"])
+        seq = await store.publish(f"{s.lower()}.x", b"m", s, "id1", headers={"Hvfs-Writer": "dave", "X-Kind": " a b "})
+        m = await store.get_msg(s, seq)
+        assert (m.headers["Hvfs-Writer"], m.headers["X-Kind"], m.headers["Nats-Msg-Id"]) == ("dave", "a b", "id1")
+        calls, errors = store.state.calls, store.state.errors
+        for bad in ({"Bad Name": "x"}, {"a:b": "x"}, {"": "x"}, {"X": "a\r\nb"}, {"X": "a\x00"}, {"Ä": "x"},
+                    {"a(b)": "x"}):
+            with pytest.raises(Invalid):
+                await store.create(b, "bad", b"v", headers=bad)
+            with pytest.raises(Invalid):
+                await store.update(b, "bad", b"v", 1, headers=bad)
+            with pytest.raises(Invalid):
+                await store.delete(b, "bad", headers=bad)
+            with pytest.raises(Invalid):
+                await store.publish(f"{s.lower()}.x", b"m", s, "id2", headers=bad)
+        assert (store.state.calls, store.state.errors) == (calls, errors)  # refused before any request
+        assert store.state.connected
+
+    backend.run(body)
+
+
+def test_msg_ttl_round_trip_and_cas(backend: Backend) -> None:
+    async def body(store: Store) -> None:
+        assert store.msg_ttl  # nats-server 2.15 here; MemoryStore by default
+        b = fresh("ttl")
+        assert (await store.create_bucket(b)).msg_ttl
+        r = await store.create(b, "t", b"v", ttl=30, headers={"Hvfs-Writer": "me"})
+        e = await store.get(b, "t")
+        assert (e.value, e.headers["Nats-TTL"], e.headers["Hvfs-Writer"]) == (b"v", "30", "me")
+        # Whole seconds, rounded up, at least 1.
+        for ttl, sent in ((0.2, "1"), (1.5, "2"), (3600, "3600")):
+            rev = await store.create(b, f"r{sent}", b"", ttl=ttl)
+            assert (await store.get(b, f"r{sent}", rev)).headers["Nats-TTL"] == sent
+        # A CAS update with a TTL is still a CAS.
+        r2 = await store.update(b, "t", b"w", r, ttl=60)
+        assert (await store.get(b, "t")).headers["Nats-TTL"] == "60"
+        errors = store.state.errors
+        with pytest.raises(Conflict):
+            await store.update(b, "t", b"stale", r, ttl=60)
+        with pytest.raises(Exists):
+            await store.create(b, "t", b"again", ttl=60)
+        assert (await store.get(b, "t")).revision == r2 and store.state.errors == errors
+        r3 = await store.update(b, "t", b"forever", r2)  # no TTL: no header
+        assert "Nats-TTL" not in (await store.get(b, "t", r3)).headers
+        calls = store.state.calls
+        for bad in (0, -1, float("nan"), float("inf")):
+            with pytest.raises(Invalid):
+                await store.create(b, "bad", b"", ttl=bad)
+        assert store.state.calls == calls  # refused before any request
+        # The server raises a TTL below the bucket's marker TTL to it.
+        m = fresh("ttlm")
+        await store.create_bucket(m, marker_ttl=5)
+        r = await store.create(m, "k", b"v", ttl=1)
+        assert (await store.get(m, "k")).headers["Nats-TTL"] == "5"
+        await store.update(m, "k", b"w", r, ttl=7)
+        assert (await store.get(m, "k")).headers["Nats-TTL"] == "7"
+
+    backend.run(body)
+
+
+def test_msg_ttl_refused_by_the_bucket(backend: Backend) -> None:
+    async def body(store: Store) -> None:
+        b = fresh("nottl")
+        backend.add_bucket(store, b, msg_ttl=False)
+        assert not (await store.bucket(b)).msg_ttl
+        r = await store.create(b, "k", b"v")  # without a TTL: fine
+        with pytest.raises(Invalid, match=f"bucket {b} does not allow per-message TTL"):
+            await store.create(b, "t", b"v", ttl=5)
+        with pytest.raises(Invalid, match="does not allow per-message TTL"):
+            await store.update(b, "k", b"w", r, ttl=5)
+        with pytest.raises(Invalid):  # the server checks the TTL before the revision
+            await store.update(b, "k", b"w", r + 10, ttl=5)
+        with pytest.raises(NotFound):
+            await store.get(b, "t")
+        assert (await store.get(b, "k")).value == b"v"
+        # Asking for a bucket with TTLs where one without exists: Invalid, naming why.
+        with pytest.raises(Invalid, match="per-message TTL"):
+            await store.create_bucket(b)
+
+    backend.run(body)
+
+
+def test_expiry_with_marker_reaches_get_and_every_watch(backend: Backend) -> None:
+    async def body(store: Store) -> None:
+        b = fresh("exp")
+        await store.create_bucket(b, marker_ttl=1)
+        one, two = Sink(), Sink()
+        w1 = await store.watch(b, one)
+        w2 = await store.watch(b, two)
+        await one.synced()
+        await two.synced()
+        await store.create(b, "keep", b"k")
+        r = await store.create(b, "gone", b"x", ttl=1)
+        written = time.monotonic()
+        await one.wait(has(Op.PURGE, "gone"))
+        seen = time.monotonic() - written
+        await two.wait(has(Op.PURGE, "gone"))
+        purge = next(c for c in one.items if isinstance(c, KvChange) and c.op is Op.PURGE)
+        assert (purge.key, purge.size) == ("gone", 0) and purge.revision > r
+        assert 0.9 < seen < 2.0, seen  # measured on NATS: 0 to 0.25 s after the TTL
+        with pytest.raises(NotFound):
+            await store.get(b, "gone")
+        with pytest.raises(NotFound):
+            await store.get(b, "gone", r)
+        assert (await store.get(b, "keep")).value == b"k"
+        assert not has(Op.PURGE, "keep")(one.items) and not has(Op.DEL, "gone")(one.items)
+        # A new snapshot has no value for it (the marker, like a delete, while the marker lives).
+        snap = Sink()
+        w3 = await store.watch(b, snap)
+        keys = {(k, op) for k, op, _, _ in changes(await snap.synced())}
+        assert ("keep", Op.PUT) in keys and ("gone", Op.PUT) not in keys
+        # Written again over the marker (or after it): a new key.
+        r2 = await store.create(b, "gone", b"again")
+        assert (await store.get(b, "gone")).value == b"again" and r2 > purge.revision
+        for w in (w1, w2, w3):
+            await w.stop()
+
+    backend.run(body)
+
+
+def test_expiry_without_marker_is_silent(backend: Backend) -> None:
+    async def body(store: Store) -> None:
+        b = fresh("quiet")
+        await store.create_bucket(b)
+        sink = Sink()
+        await store.watch(b, sink)
+        await sink.synced()
+        await store.create(b, "gone", b"x", ttl=1)
+        # Older revisions expire each with their own TTL; the key goes back to what is left.
+        h1 = await store.create(b, "back", b"old")
+        h2 = await store.update(b, "back", b"new", h1, ttl=1)
+
+        async def expired() -> bool:
+            try:
+                await store.get(b, "gone")
+                return False
+            except NotFound:
+                return True
+
+        took = await until(expired)
+        assert took < 2.0
+
+        async def reverted() -> bool:
+            return (await store.get(b, "back")).revision == h1
+
+        await until(reverted)
+        with pytest.raises(NotFound):
+            await store.get(b, "back", h2)
+        await store.create(b, "barrier", b"")
+        await sink.wait(has(Op.PUT, "barrier"))  # the watch is ordered: what came before, it has seen
+        assert [(k, op) for k, op, _, _ in changes(sink.items)] == [
+            ("gone", Op.PUT), ("back", Op.PUT), ("back", Op.PUT), ("barrier", Op.PUT)]
+        snap = Sink()
+        await store.watch(b, snap)
+        assert [(k, r) for k, _, r, _ in changes(await snap.synced())] == [("back", h1), ("barrier", h2 + 1)]
+
+    backend.run(body)
+
+
+def test_bucket_max_age_with_marker(backend: Backend) -> None:
+    async def body(store: Store) -> None:
+        b = fresh("age")
+        bi = await store.create_bucket(b, max_age=1, marker_ttl=1)
+        assert (bi.max_age, bi.marker_ttl) == (1.0, 1.0)
+        sink = Sink()
+        await store.watch(b, sink)
+        await sink.synced()
+        await store.create(b, "old", b"x")  # no TTL: the bucket's max age ends it
+        await sink.wait(has(Op.PURGE, "old"))
+        with pytest.raises(NotFound):
+            await store.get(b, "old")
+
+    backend.run(body)
+
+
+def test_create_bucket_settings(backend: Backend) -> None:
+    async def body(store: Store) -> None:
+        b = fresh("set")
+        bi = await store.create_bucket(b, 3, max_age=60, max_value_size=4096, storage="memory", marker_ttl=2)
+        assert bi == BucketInfo(b, 4096, 3, max_age=60.0, msg_ttl=True, marker_ttl=2.0, replicas=1, storage="memory")
+        store.forget_bucket(b)
+        assert await store.bucket(b) == bi and bi in await store.buckets()
+        again = dict(max_age=60, max_value_size=4096, storage="memory", marker_ttl=2)
+        assert await store.create_bucket(b, 3, **again) == bi  # type: ignore[arg-type]
+        for what, change in (("history", dict(history=4)), ("marker_ttl", dict(marker_ttl=3)),
+                             ("max_age", dict(max_age=30)), ("storage", dict(storage="file")),
+                             ("max_value_size", dict(max_value_size=-1))):
+            kw: dict[str, Any] = {"history": 3, **again, **change}
+            with pytest.raises(Invalid, match=f"exists with other settings: .*{what}"):
+                await store.create_bucket(b, **kw)
+        assert (await store.create_bucket(fresh("frac"), marker_ttl=0.4)).marker_ttl == 1.0  # whole seconds
+        calls = store.state.calls
+        for bad in (dict(history=0), dict(history=65), dict(max_age=0.05), dict(max_age=-1),
+                    dict(max_value_size=0), dict(replicas=0), dict(replicas=6), dict(storage="disk"),
+                    dict(marker_ttl=-1)):
+            with pytest.raises(Invalid):
+                await store.create_bucket(fresh("bad"), **bad)  # type: ignore[arg-type]
+        assert store.state.calls == calls  # refused before any request
+
+    backend.run(body)
+
+
+def test_create_stream(backend: Backend) -> None:
+    async def body(store: Store) -> None:
+        s = fresh("CS")
+        sl = s.lower()
+        si = await store.create_stream(s, [f"{sl}.a.>", f"{sl}.b"], max_age=60, max_msg_size=1000, storage="memory")
+        assert si == StreamInfo(s, (f"{sl}.a.>", f"{sl}.b"), 1000, False, 0, 0, True, max_age=60.0, replicas=1,
+                                storage="memory", msg_ttl=True)
+        assert await store.stream(s) == si and si in await store.streams()
+        same = dict(max_age=60, max_msg_size=1000, storage="memory")
+        assert await store.create_stream(s, [f"{sl}.b", f"{sl}.a.>"], **same) == si  # type: ignore[arg-type]
+        assert await store.create_stream(s, [f"{sl}.a.x.*"], **same) == si  # type: ignore[arg-type]  # covered
+        with pytest.raises(Invalid, match="other subjects"):
+            await store.create_stream(s, [f"{sl}.c"], **same)  # type: ignore[arg-type]
+        with pytest.raises(Invalid, match="other settings: .*max_age"):
+            await store.create_stream(s, [f"{sl}.b"], max_age=30, max_msg_size=1000, storage="memory")
+        seq = await store.publish(f"{sl}.a.x", b"m", s, "m1", headers={"Hvfs-Writer": "me"})
+        m = await store.get_msg(s, seq, direct=True)  # direct gets on
+        assert (m.data, m.headers["Hvfs-Writer"]) == (b"m", "me")
+        with pytest.raises(Invalid):  # another stream's subjects
+            await store.create_stream(fresh("CSO"), [f"{sl}.b"])
+        with pytest.raises(Invalid):
+            await store.create_stream(fresh("CSE"), [])
+        calls = store.state.calls
+        for name in ("a.b", "a b", "", "a*", f"KV_{s}", f"OBJ_{s}"):
+            with pytest.raises(InvalidName):
+                await store.create_stream(name, ["x.y"])
+        with pytest.raises(Invalid):
+            await store.create_stream(fresh("CSB"), ["x.y"], max_age=0.01)
+        assert store.state.calls == calls
+        plain = await store.create_stream(fresh("CSP"), [f"{sl}p.>"])
+        assert (plain.max_age, plain.max_msg_size, plain.storage, plain.direct) == (0.0, -1, "file", True)
+
+    backend.run(body)
+
+
+def test_too_large_counts_ttl_and_extra_headers(backend: Backend) -> None:
+    async def body(store: Store) -> None:
+        b = fresh("hsize")
+        backend.add_bucket(store, b, max_value_size=300)
+        hdr = {"Hvfs-Writer": "alice"}
+        extra = (len("Nats-TTL") + len("30") + 4) + (len("Hvfs-Writer") + len("alice") + 4)
+        fits = 300 - cas_headers(b, 0) - extra
+        with pytest.raises(TooLarge):
+            await store.create(b, "k", b"x" * (fits + 1), ttl=30, headers=hdr)
+        r = await store.create(b, "k", b"x" * fits, ttl=30, headers=hdr)
+        up = 300 - cas_headers(b, r) - extra
+        with pytest.raises(TooLarge):
+            await store.update(b, "k", b"x" * (up + 1), r, ttl=30, headers=hdr)
+        r = await store.update(b, "k", b"x" * up, r, ttl=30, headers=hdr)
+        # The helper callers use: the most a write adds, whatever the revision.
+        assert write_header_bytes(b, 30, hdr) == cas_header_bytes(b) + extra == cas_headers(b, 10**19) + extra
+        assert write_header_bytes(b, None, {}) == cas_header_bytes(b) == 98 + len(b)
+        assert await store.update(b, "k", b"x" * (300 - write_header_bytes(b, 29.5, hdr)), r, ttl=29.5, headers=hdr)
+        big = fresh("hsizebig")
+        await store.create_bucket(big)
+        fits = store.max_payload - cas_headers(big, 0) - extra
+        with pytest.raises(TooLarge):  # the server would drop the connection: the store refuses it
+            await store.create(big, "over", b"x" * (fits + 1), ttl=30, headers=hdr)
+        assert store.state.connected
+        assert await store.create(big, "edge", b"x" * fits, ttl=30, headers=hdr) > 0
+        s = fresh("HSIZE")
+        backend.add_stream(store, s, [f"{s.lower()}.>"])
+        room = store.max_payload - 51 - 2 - len(s) - (len("Hvfs-Writer") + len("alice") + 4)
+        with pytest.raises(TooLarge):
+            await store.publish(f"{s.lower()}.x", b"x" * (room + 1), s, "id", headers=hdr)
+        assert store.state.connected
+        assert await store.publish(f"{s.lower()}.x", b"x" * room, s, "id", headers=hdr) == 1
+
+    backend.run(body)
+
+
+def test_pattern_covers() -> None:
+    assert pattern_covers("a.>", "a.b.*") and pattern_covers("a.*", "a.b") and pattern_covers("a.b", "a.b")
+    assert not pattern_covers("a.*", "a.>") and not pattern_covers("a.b", "a.*") and not pattern_covers("a.>", "a")
 
 
 # -- streams ------------------------------------------------------------------------
@@ -919,6 +1254,39 @@ def test_memory_deny_and_fail_next() -> None:
         assert store.state.timeouts == 1
 
     run(MemoryStore(), body)
+
+
+def test_memory_expiry_is_prompt_and_stops_with_close() -> None:
+    async def body(store: Store) -> None:
+        assert isinstance(store, MemoryStore)
+        await store.create_bucket("b", marker_ttl=1)
+        sink = Sink()
+        await store.watch("b", sink)
+        await sink.synced()
+        await store.create("b", "k", b"v", ttl=1)
+        t0 = time.monotonic()
+        await sink.wait(has(Op.PURGE, "k"))  # no other call needed: the store's own task
+        assert 0.95 < time.monotonic() - t0 < 1.25
+        # The marker expires too, leaving nothing: no second marker.
+        assert await sink.quiet(len(sink.items), 1.3)
+        assert changes(sink.items)[-1][:2] == ("k", Op.PURGE)
+        await store.create("b", "later", b"v", ttl=1)
+        await store.close()
+        assert store._expiry.cancel_called
+
+    run(MemoryStore(), body)
+
+
+def test_memory_older_server_without_msg_ttl() -> None:
+    async def body(store: Store) -> None:
+        assert isinstance(store, MemoryStore) and not store.msg_ttl
+        bi = await store.create_bucket("b", marker_ttl=5)
+        assert (bi.msg_ttl, bi.marker_ttl) == (False, 0.0)  # no markers without TTLs
+        with pytest.raises(Invalid, match="this server has no per-message TTL"):
+            await store.create("b", "k", b"v", ttl=5)
+        assert await store.create("b", "k", b"v") > 0
+
+    run(MemoryStore(msg_ttl=False), body)
 
 
 def test_subject_matches() -> None:

@@ -122,6 +122,8 @@ class Operations(pyfuse3.Operations):
         # (Vfs._register, KvProvider.size). Files whose size moves by itself
         # (.log, .hvfs/*) are never cached.
         a.attr_timeout = 0 if node.kind in _UNCACHED else self.attr_timeout
+        if node.view is not None and node.view.suffix and node.shown_rev != node.revision:
+            a.attr_timeout = 0  # a typed file's size is known once rendered: ask again (getattr)
         if node.kind is Kind.DIR:
             a.st_mode = stat.S_IFDIR | DIR_MODE
             assert node.children is not None
@@ -142,7 +144,7 @@ class Operations(pyfuse3.Operations):
         return a
 
     def file_mode(self, node: Node) -> int:
-        ro = self.core.read_only or node.kind in (Kind.CTRL, Kind.MSG, Kind.LOG)
+        ro = self.core.refuses_writes(node) or node.kind in (Kind.CTRL, Kind.MSG, Kind.LOG)
         return 0o444 if ro else 0o644
 
     def _entry(self, node: Node) -> pyfuse3.EntryAttributes:
@@ -157,7 +159,9 @@ class Operations(pyfuse3.Operations):
 
     @_fuse
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        return self.attrs(self.core.node(inode))
+        node = self.core.node(inode)
+        await self.core.refresh_attrs(node)
+        return self.attrs(node)
 
     async def forget(self, inode_list: list[tuple[int, int]]) -> None:
         for ino, n in inode_list:
@@ -299,14 +303,14 @@ class Operations(pyfuse3.Operations):
 
     @_fuse
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
+        # What the node has now: a key's TTL, writer and error come and go with its revisions.
         node = self.core.node(inode)
-        if node.stream is None and node.queue is None:
-            return self.core.xattr_names(node)
-        have = await self.core.xattrs(node)
+        have = await self.core.xattrs(node, ctx.pid)
         return [n for n in XATTRS if n in have] + sorted(n for n in have if n not in XATTRS)
 
+    @_fuse
     async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext) -> None:
-        raise pyfuse3.FUSEError(errno.ENOTSUP)
+        await self.core.setxattr(inode, name, value)
 
     async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         raise pyfuse3.FUSEError(errno.ENOTSUP)

@@ -41,18 +41,45 @@ stream's max message size) alike. A ``create`` or ``update`` sends
 ``Nats-Expected-Last-Subject-Sequence: <revision>`` and ``Nats-Expected-Stream:
 KV_<bucket>``: ``78 + len(bucket) + len(str(revision))`` bytes (``create``:
 revision 0, or the delete marker's when it writes over one), never more than
-``98 + len(bucket)``. So the largest value a write stores is
-``min(max_payload, max_value_size if > 0) - (98 + len(bucket))``: callers
-subtract it; one byte more is ``TooLarge``. A ``publish`` to a stream sends
-``Nats-Msg-Id`` and ``Nats-Expected-Stream``: ``51 + len(msg_id) + len(stream)``
-bytes.
+``98 + len(bucket)``; a ``ttl`` adds ``Nats-TTL: <seconds>`` (``12 +
+len(str(seconds))``) and each extra header ``len(name) + len(value) + 4``
+(UTF-8 bytes). ``hvfs.store.rules.write_header_bytes(bucket, ttl, headers)`` is
+the sum: the largest value a write stores is ``min(max_payload, max_value_size
+if > 0) - write_header_bytes(...)``; callers subtract it; one byte more is
+``TooLarge``. A ``publish`` to a stream sends ``Nats-Msg-Id`` and
+``Nats-Expected-Stream``: ``51 + len(msg_id) + len(stream)`` bytes, plus its
+extra headers.
+
+Headers: ``headers`` on a write are extra message headers, sent as given (hvfs
+sends ``Hvfs-Writer: <name>``); the store's own headers of that write (CAS,
+stream, ``Nats-TTL``, ``KV-Operation``, ``Nats-Msg-Id``) win over the same
+names. A name is an HTTP token (letters, digits, ``!#$%&'*+-.^_`|~``), a
+value has no CR, LF or control character (Invalid otherwise, before any
+request) and loses surrounding white space (nats-py trims it on the wire); the
+server keeps them with the message.
+
+TTL: ``ttl`` on a write is the server's per-message TTL (nats-server 2.11 or
+newer: ``Store.msg_ttl``), sent as ``Nats-TTL`` in whole seconds, rounded up, at
+least 1; the bucket must allow it (``BucketInfo.msg_ttl``; every bucket
+``create_bucket`` makes does). A key's messages each expire with their own TTL
+(or the bucket's ``max_age``, whichever is sooner); one without either never
+does. When a key's current message expires, ``get`` is NotFound and a new watch
+snapshot has no value for it; if older revisions of the key are left (written
+without a TTL, or with a longer one), the key goes back to the newest of them,
+silently. When a key's last message expires on a bucket with ``marker_ttl``,
+the server writes a marker (``Nats-Marker-Reason: MaxAge``) that every watch
+gets as op PURGE (measured: 0 to 0.25 s after the expiry) and that new
+snapshots show like a delete until it expires itself ``marker_ttl`` later; on a
+bucket without ``marker_ttl`` a watch sees nothing. The server raises a TTL
+below the bucket's ``marker_ttl`` to it (the stored ``Nats-TTL`` says so). A
+read never extends a TTL.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 __all__ = [
@@ -77,6 +104,11 @@ class BucketInfo:
     name: str
     max_value_size: int  # -1: no limit beyond the connection's max payload; headers count (see above)
     history: int
+    max_age: float = 0.0  # seconds a message is kept at most; 0: no limit
+    msg_ttl: bool = False  # writes may carry a per-message TTL
+    marker_ttl: float = 0.0  # seconds the server's expiry marker lives; 0: no markers, watches see no expiry
+    replicas: int = 1
+    storage: str = "file"  # or "memory"
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +120,10 @@ class StreamInfo:
     first_seq: int
     last_seq: int
     direct: bool
+    max_age: float = 0.0  # seconds a message is kept at most; 0: no limit
+    replicas: int = 1
+    storage: str = "file"  # or "memory"
+    msg_ttl: bool = False  # messages may carry a per-message TTL
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +177,9 @@ class KvEntry:
     value: bytes
     revision: int
     time: float  # seconds since the epoch, from the stream message
+    #: every header the message was stored with (Nats-TTL, Hvfs-Writer, the CAS ones...);
+    #: not what a direct get's reply adds (Nats-Stream, Nats-Sequence, ...)
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,6 +261,12 @@ class Store(Protocol):
         ...
 
     @property
+    def msg_ttl(self) -> bool:
+        """The server takes per-message TTLs (nats-server 2.11 or newer). When False, a
+        ``ttl`` on a write is Invalid and ``create_bucket`` makes no expiry markers."""
+        ...
+
+    @property
     def max_payload(self) -> int:
         """The largest message the server takes, headers included (a write's
         headers: see the module's "Sizes"; the store refuses what is over with
@@ -246,12 +291,21 @@ class Store(Protocol):
         """NotFound: no such bucket. InvalidName: a name no bucket can have."""
         ...
 
-    async def create_bucket(self, name: str, history: int = 10) -> BucketInfo:
-        """Make a bucket (direct gets on); the same again returns it, no error.
+    async def create_bucket(self, name: str, history: int = 10, *, max_age: float = 0.0,
+                            max_value_size: int = -1, replicas: int = 1, storage: str = "file",
+                            marker_ttl: float = 0.0) -> BucketInfo:
+        """Make a bucket (direct gets and per-message TTL on); the same again returns it.
+
+        ``max_age``: seconds a message is kept (0: forever; at least 0.1).
+        ``max_value_size``: -1 none (headers count, see "Sizes"). ``storage``:
+        "file" or "memory". ``marker_ttl`` > 0 (whole seconds, rounded up): when
+        a key's last message expires the server writes a marker watches see as
+        PURGE, kept that long (see "TTL"); ignored when ``msg_ttl`` is False.
 
         InvalidName: ``name`` is not ``[a-zA-Z0-9_-]+`` (NameTooLong: over 252
-        characters). Invalid: ``history`` over 64, or the bucket exists with
-        another configuration.
+        characters). Invalid: ``history`` not 1 to 64, another setting out of
+        range, more replicas than the server has, or the bucket exists with other
+        settings (the reason names them).
         """
         ...
 
@@ -268,32 +322,41 @@ class Store(Protocol):
         """
         ...
 
-    async def create(self, bucket: str, key: str, value: bytes) -> int:
-        """Write a key that has no value (never written, or deleted: over its
-        marker); its new revision.
+    async def create(self, bucket: str, key: str, value: bytes, *, ttl: float | None = None,
+                     headers: Mapping[str, str] | None = None) -> int:
+        """Write a key that has no value (never written, deleted, or expired: over its
+        marker); its new revision. ``ttl``: seconds until the server removes this
+        message (see "TTL"); ``headers``: extra headers (see "Headers").
 
         Exists: the key has a value. NotFound: no such bucket. TooLarge: value and
         headers over ``max_payload`` or the bucket's ``max_value_size`` (see
-        "Sizes"). InvalidName/NameTooLong: see "Names".
+        "Sizes"). Invalid: ``ttl`` not positive, the server or the bucket without
+        per-message TTL, a header NATS cannot carry. InvalidName/NameTooLong: see
+        "Names".
         """
         ...
 
-    async def update(self, bucket: str, key: str, value: bytes, last: int) -> int:
+    async def update(self, bucket: str, key: str, value: bytes, last: int, *, ttl: float | None = None,
+                     headers: Mapping[str, str] | None = None) -> int:
         """Compare and swap: write if ``last`` is the key's current revision; the new revision.
 
         ``last`` 0: only if the key has no message at all (like create, but a
         delete marker counts: its revision is the key's current one). Conflict:
         ``last`` is not current (``current`` is None: not known). NotFound: no
-        such bucket. TooLarge, InvalidName/NameTooLong: as for create.
+        such bucket. ``ttl``, ``headers``, TooLarge, Invalid,
+        InvalidName/NameTooLong: as for create (a ``ttl`` the bucket refuses is
+        Invalid before a stale ``last`` is Conflict).
         """
         ...
 
-    async def delete(self, bucket: str, key: str, last: int | None = None) -> None:
+    async def delete(self, bucket: str, key: str, last: int | None = None, *,
+                     headers: Mapping[str, str] | None = None) -> None:
         """Write a delete marker (op DEL), also for a key that never was; with
-        ``last``, only if it is the key's current revision.
+        ``last``, only if it is the key's current revision. ``headers``: extra
+        headers on the marker (see "Headers").
 
-        Conflict: ``last`` is not current. NotFound: no such bucket.
-        InvalidName/NameTooLong: see "Names".
+        Conflict: ``last`` is not current. NotFound: no such bucket. Invalid: a
+        header NATS cannot carry. InvalidName/NameTooLong: see "Names".
         """
         ...
 
@@ -316,6 +379,22 @@ class Store(Protocol):
         """NotFound: no such stream."""
         ...
 
+    async def create_stream(self, name: str, subjects: Sequence[str], *, max_age: float = 0.0,
+                            max_msg_size: int = -1, replicas: int = 1, storage: str = "file") -> StreamInfo:
+        """Make a stream on ``subjects`` (direct gets on, per-message TTL allowed when
+        the server has it); if it exists and its subjects cover every one asked
+        and its settings are these, that one.
+
+        ``max_age``: seconds a message is kept (0: forever; at least 0.1).
+        ``max_msg_size``: -1 none (headers count). ``storage``: "file" or "memory".
+
+        InvalidName: not a stream name, or a bucket's (``KV_``, ``OBJ_``).
+        Invalid: no subjects, a subject another stream takes, a setting out of
+        range, more replicas than the server has, or the stream exists with other
+        subjects or settings (the reason names them).
+        """
+        ...
+
     async def get_msg(self, stream: str, seq: int, direct: bool = False) -> StreamMsg:
         """The message at ``seq``; ``direct``: a direct get (the stream must allow them).
 
@@ -325,16 +404,18 @@ class Store(Protocol):
         """
         ...
 
-    async def publish(self, subject: str, data: bytes, stream: str, msg_id: str) -> int:
+    async def publish(self, subject: str, data: bytes, stream: str, msg_id: str, *,
+                      headers: Mapping[str, str] | None = None) -> int:
         """Append one message to ``stream``; its sequence. A ``msg_id`` seen within
         the stream's duplicate window (2 min by default) returns the first's
-        sequence and appends nothing.
+        sequence and appends nothing. ``headers``: extra headers (see "Headers"),
+        which ``get_msg`` returns with the message.
 
         Unavailable: no stream takes ``subject`` (no responder). Invalid:
         another stream than ``stream`` takes it. TooLarge: data and headers over
         ``max_payload`` or the stream's max message size. InvalidName:
         ``subject`` is no literal subject (the rules for keys in "Names");
-        NameTooLong: over 3840 bytes.
+        NameTooLong: over 3840 bytes. Invalid also: a header NATS cannot carry.
         """
         ...
 

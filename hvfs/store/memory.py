@@ -4,8 +4,11 @@ What a nats-server keeps: streams of messages, one sequence per stream; a KV
 bucket is the stream ``KV_<name>`` on ``$KV.<name>.>`` with per-key history;
 a key's revision is its last message's sequence. Answers and error classes are
 NatsStore's against a real server (``tests/test_store_contract.py`` runs one
-suite on both). Simplified: no TTLs, purges or stream limits but history and
-message size.
+suite on both). Expiry as the server does it: per-message TTL and max age, the
+marker a bucket with ``marker_ttl`` gets when a key's last message expires (a
+system task per started store removes messages on time; every call catches up
+first). Simplified: no purges, no stream limits but history, message size and
+age; replicas are taken as asked (a cluster of five, not the single test server).
 
 Test switches: ``disconnect``/``reconnect`` (watches resync), ``deny(pattern)``,
 ``fail_next(exc)``, ``add_bucket``/``add_stream``, and ``peer()``: another
@@ -16,10 +19,13 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import heapq
+import itertools
 import logging
 import math
+import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -54,13 +60,25 @@ from .base import (
     WatchSink,
 )
 from .rules import (
+    EXPECTED_LAST,
+    EXPECTED_STREAM,
     KV_OP,
+    MARKER_REASON,
+    MSG_TTL,
     check_bucket,
+    check_headers,
     check_key,
+    check_limits,
     check_new_bucket,
+    check_stream,
     check_subject,
+    differences,
+    go_duration,
     hdr_size,
+    op_of,
+    pattern_covers,
     subject_matches,
+    write_headers,
 )
 
 __all__ = ["MemoryStore"]
@@ -68,12 +86,25 @@ __all__ = ["MemoryStore"]
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-_LAST = "Nats-Expected-Last-Subject-Sequence"
-_EXPECT = "Nats-Expected-Stream"
+_LAST = EXPECTED_LAST
+_EXPECT = EXPECTED_STREAM
 _CHUNK = 256
+_GO_SECONDS = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$|^(\d+)$")
 _DUPE_WINDOW = 120.0  # nats-py's KV default; streams made by add_stream get the server's, also 2 min
 def _no_stream(what: str) -> Unavailable:
     return Unavailable(f"{what}: no JetStream responder (bucket or stream missing?)")  # no stream takes it
+
+
+def _overlap(p: str, q: str) -> bool:
+    """Some subject matches both patterns (the server refuses a stream that overlaps another)."""
+    a, b = p.split("."), q.split(".")
+    for i in range(max(len(a), len(b))):
+        x, y = (a[i] if i < len(a) else None), (b[i] if i < len(b) else None)
+        if x == ">" or y == ">":
+            return x is not None and y is not None
+        if x is None or y is None or (x != y and "*" not in (x, y)):
+            return False
+    return True
 
 
 @dataclass(slots=True)
@@ -86,7 +117,44 @@ class _Msg:
 
     @property
     def op(self) -> Op:
-        return {"DEL": Op.DEL, "PURGE": Op.PURGE}.get(self.headers.get(KV_OP, ""), Op.PUT)
+        return op_of(self.headers)
+
+
+class _Timers:
+    """When each message with a TTL or a max age goes: the server's clock, shared by
+    peers (one trio run). Every started store runs ``run`` in a system task."""
+
+    def __init__(self) -> None:
+        self.heap: list[tuple[float, int, _Stream, int]] = []  # (trio time, tie-break, stream, seq)
+        self._n = itertools.count()
+        self._wakes: set[trio.Event] = set()
+
+    def add(self, after: float, st: _Stream, seq: int) -> None:
+        heapq.heappush(self.heap, (trio.current_time() + after, next(self._n), st, seq))
+        for e in self._wakes:
+            e.set()
+
+    def due(self) -> None:
+        """Expire what is due now (also called before every call: it never waits for the task)."""
+        now = trio.current_time()
+        while self.heap and self.heap[0][0] <= now:
+            _, _, st, seq = heapq.heappop(self.heap)
+            st.expire(seq)
+
+    async def run(self, scope: trio.CancelScope) -> None:
+        with scope:
+            while True:
+                wake = trio.Event()
+                self._wakes.add(wake)
+                try:
+                    try:
+                        self.due()
+                    except Exception:  # a system task's exception would end the trio run
+                        log.exception("memory store: expiring messages failed")
+                    with trio.move_on_at(self.heap[0][0] if self.heap else math.inf):
+                        await wake.wait()
+                finally:
+                    self._wakes.discard(wake)
 
 
 @dataclass(slots=True)
@@ -119,9 +187,12 @@ class _Consumer:
 
 class _Stream:
     def __init__(self, name: str, subjects: list[str], max_msg_size: int = -1, deny_delete: bool = False,
-                 history: int = 0, direct: bool = False) -> None:
+                 history: int = 0, direct: bool = False, *, timers: _Timers, max_age: float = 0.0,
+                 msg_ttl: bool = False, marker_ttl: int = 0, replicas: int = 1, storage: str = "file") -> None:
         self.name, self.subjects, self.history, self.direct = name, list(subjects), history, direct
         self.max_msg_size, self.deny_delete = max_msg_size if max_msg_size > 0 else -1, deny_delete
+        self.timers, self.max_age, self.msg_ttl, self.marker_ttl = timers, float(max_age), msg_ttl, marker_ttl
+        self.replicas, self.storage = replicas, storage
         self.msgs: dict[int, _Msg] = {}  # in sequence order
         self.last_seq = 0
         self.by_subject: dict[str, list[int]] = {}  # oldest first
@@ -133,10 +204,12 @@ class _Stream:
     def info(self) -> StreamInfo:
         first = next(iter(self.msgs)) if self.msgs else (self.last_seq + 1 if self.last_seq else 0)
         return StreamInfo(self.name, tuple(self.subjects), self.max_msg_size, self.deny_delete,
-                          first, self.last_seq, self.direct)
+                          first, self.last_seq, self.direct, self.max_age, self.replicas, self.storage,
+                          self.msg_ttl)
 
     def bucket_info(self) -> BucketInfo:
-        return BucketInfo(self.name[3:], self.max_msg_size, self.history or 1)
+        return BucketInfo(self.name[3:], self.max_msg_size, self.history or 1, self.max_age, self.msg_ttl,
+                          float(self.marker_ttl), self.replicas, self.storage)
 
     def last(self, subject: str) -> _Msg | None:
         seqs = self.by_subject.get(subject)
@@ -149,7 +222,30 @@ class _Stream:
         if 0 < self.max_msg_size < size:
             raise TooLarge(f"{what}: value larger than the bucket allows")
 
-    def append(self, subject: str, data: bytes, headers: dict[str, str]) -> _Msg:
+    def msg_ttl_of(self, hdrs: dict[str, str], what: str) -> float | None:
+        """The TTL a message's ``Nats-TTL`` gives it, as the server reads it (inf: "never"),
+        raised to the marker TTL if below it (the stored header says so); Invalid where the
+        server refuses it."""
+        v = hdrs.get(MSG_TTL)
+        if v is None:
+            return None
+        if not self.msg_ttl:
+            kind = f"bucket {self.name[3:]}" if self.name.startswith("KV_") else f"stream {self.name}"
+            raise Invalid(f"{what}: {kind} does not allow per-message TTL")
+        if v == "never":
+            return math.inf
+        m = _GO_SECONDS.match(v)
+        secs = int(m[4] or 0) + int(m[1] or 0) * 3600 + int(m[2] or 0) * 60 + int(m[3] or 0) if m else 0
+        if secs <= 0:
+            raise Invalid(f"{what}: the server takes no such per-message TTL")
+        if secs < self.marker_ttl:
+            secs = self.marker_ttl
+            hdrs[MSG_TTL] = str(secs)
+        return secs
+
+    def append(self, subject: str, data: bytes, headers: dict[str, str], ttl: float | None = None) -> _Msg:
+        """Store one message; ``ttl`` (seconds; inf: never, max age or not) or the max age,
+        the sooner, removes it later."""
         self.last_seq += 1
         m = _Msg(subject, self.last_seq, bytes(data), dict(headers), time.time())
         self.msgs[m.seq] = m
@@ -157,6 +253,9 @@ class _Stream:
         seqs.append(m.seq)
         if self.history > 0 and len(seqs) > self.history:
             del self.msgs[seqs.pop(0)]
+        life = min(ttl or math.inf, self.max_age or math.inf) if ttl != math.inf else math.inf
+        if life < math.inf:
+            self.timers.add(life, self, m.seq)
         for w in list(self.watches):
             w.on_msg(m)
         for q in self.queues:
@@ -168,6 +267,18 @@ class _Stream:
         self.by_subject[m.subject].remove(seq)
         if not self.by_subject[m.subject]:
             del self.by_subject[m.subject]
+
+    def expire(self, seq: int) -> None:
+        """A message's TTL or max age is over: it goes. If it was its subject's last and the
+        stream has a marker TTL, the server's marker takes its place (a watch sees PURGE);
+        a marker that expires leaves nothing."""
+        m = self.msgs.get(seq)
+        if m is None:  # gone before (history, delete)
+            return
+        self.remove(seq)
+        if self.marker_ttl > 0 and m.subject not in self.by_subject and MARKER_REASON not in m.headers:
+            self.append(m.subject, b"", {MARKER_REASON: "MaxAge", MSG_TTL: go_duration(self.marker_ttl),
+                                         "Nats-Rollup": "sub"}, ttl=self.marker_ttl)
 
 
 class _Emitter:
@@ -218,6 +329,7 @@ class _Watch(_Emitter):
 
     def resync(self) -> None:
         """RESYNC, the snapshot, SYNCED; a KV snapshot has delete markers too, as NATS's has."""
+        self.st.timers.due()
         if self.kv:
             msgs = sorted((self.st.msgs[seqs[-1]] for seqs in self.st.by_subject.values()), key=lambda m: m.seq)
         else:
@@ -293,11 +405,14 @@ class _Queue:
 class MemoryStore:
     """Store interface in memory (see hvfs.store.base.Store); one trio run at a time."""
 
-    def __init__(self, *, timeout: float = 2.0, max_payload: int = 1 << 20) -> None:
+    def __init__(self, *, timeout: float = 2.0, max_payload: int = 1 << 20, msg_ttl: bool = True) -> None:
         self.state = StoreState(server="memory")
         self.timeout = timeout  # the bound a caller sizes its waits from (calls here never wait)
         self.max_payload = max_payload  # the server's, headers included
+        self.msg_ttl = msg_ttl  # False: an older server (before 2.11), without per-message TTL
         self._streams: dict[str, _Stream] = {}
+        self._timers = _Timers()
+        self._expiry = trio.CancelScope()
         self._token: trio.lowlevel.TrioToken | None = None
         self._watches: set[_Watch] = set()
         self._queues: set[_Queue] = set()
@@ -308,8 +423,8 @@ class MemoryStore:
 
     def peer(self) -> MemoryStore:
         """Another client of the same data (a second mount, the nats CLI), not yet started."""
-        other = MemoryStore(timeout=self.timeout, max_payload=self.max_payload)
-        other._streams = self._streams
+        other = MemoryStore(timeout=self.timeout, max_payload=self.max_payload, msg_ttl=self.msg_ttl)
+        other._streams, other._timers = self._streams, self._timers
         return other
 
     def disconnect(self) -> None:
@@ -334,11 +449,14 @@ class MemoryStore:
         self._faults.append((pattern, exc))
 
     def add_stream(self, name: str, subjects: list[str], max_msg_size: int = -1,
-                   deny_delete: bool = False, direct: bool = False) -> StreamInfo:
+                   deny_delete: bool = False, direct: bool = False, *, max_age: float = 0.0,
+                   msg_ttl: bool = False, replicas: int = 1, storage: str = "file") -> StreamInfo:
         """A stream made by someone else (setup for tests; not a store call)."""
         if name in self._streams:
             raise Invalid(f"stream {name!r} exists")
-        st = self._streams[name] = _Stream(name, subjects, max_msg_size, deny_delete, direct=direct)
+        st = self._streams[name] = _Stream(name, subjects, max_msg_size, deny_delete, direct=direct,
+                                           timers=self._timers, max_age=max_age,
+                                           msg_ttl=msg_ttl and self.msg_ttl, replicas=replicas, storage=storage)
         return st.info()
 
     # -- lifecycle -------------------------------------------------------------
@@ -346,9 +464,12 @@ class MemoryStore:
     async def start(self) -> None:
         self._token = trio.lowlevel.current_trio_token()
         self.state.connected = True
+        self._expiry = trio.CancelScope()
+        trio.lowlevel.spawn_system_task(self._timers.run, self._expiry, name="hvfs-memory-expiry")
         await trio.lowlevel.checkpoint()
 
     async def close(self) -> None:
+        self._expiry.cancel()
         for q in list(self._queues):
             await q.stop()
         for w in list(self._watches):
@@ -368,6 +489,7 @@ class MemoryStore:
             if fault is not None:
                 self._faults.remove(fault)
                 raise fault[1]
+            self._timers.due()  # what expired by now is gone, whenever the task runs
             return fn()
         except (NotFound, Exists, Conflict):
             raise  # answers (no such key, lost CAS), not failures: not counted as errors
@@ -395,23 +517,39 @@ class MemoryStore:
         return await self._call(f"bucket {name}", f"$JS.API.STREAM.INFO.KV_{name}",
                                 lambda: self._stream(f"KV_{name}", f"no KV bucket {name!r}").bucket_info())
 
-    async def create_bucket(self, name: str, history: int = 10) -> BucketInfo:
+    async def create_bucket(self, name: str, history: int = 10, *, max_age: float = 0.0,
+                            max_value_size: int = -1, replicas: int = 1, storage: str = "file",
+                            marker_ttl: float = 0.0) -> BucketInfo:
         what = f"create bucket {name}"
         check_new_bucket(name, what)
-        return await self._call(what, "$JS.API.STREAM.CREATE", lambda: self.add_bucket(name, history, what=what))
+        check_limits(what, max_age=max_age, max_size=max_value_size, replicas=replicas, storage=storage,
+                     marker_ttl=marker_ttl, history=history)
+        return await self._call(what, "$JS.API.STREAM.CREATE", lambda: self.add_bucket(
+            name, history, max_value_size, what=what, max_age=max_age, replicas=replicas, storage=storage,
+            marker_ttl=marker_ttl))
 
-    def add_bucket(self, name: str, history: int = 10, max_value_size: int = -1, *,
-                   what: str = "") -> BucketInfo:
-        """create_bucket's work (direct gets on); a test calls it to make a bucket with a max value size."""
+    def add_bucket(self, name: str, history: int = 10, max_value_size: int = -1, *, what: str = "",
+                   max_age: float = 0.0, replicas: int = 1, storage: str = "file", marker_ttl: float = 0.0,
+                   msg_ttl: bool = True) -> BucketInfo:
+        """create_bucket's work (direct gets on); a test calls it to make a bucket as another
+        client would (``msg_ttl`` False: one made without per-message TTL)."""
         what = what or f"create bucket {name}"
         check_new_bucket(name, what)
-        if history > 64:
-            raise Invalid(f"{what}: nats: history limited to a max of 64")
+        marker = check_limits(what, max_age=max_age, max_size=max_value_size, replicas=replicas,
+                              storage=storage, marker_ttl=marker_ttl, history=history)
+        msg_ttl = msg_ttl and self.msg_ttl
         st = _Stream(f"KV_{name}", [f"$KV.{name}.>"], max_value_size, deny_delete=True, history=history,
-                     direct=True)
+                     direct=True, timers=self._timers, max_age=max_age, msg_ttl=msg_ttl,
+                     marker_ttl=marker if msg_ttl else 0, replicas=replicas, storage=storage)
         old = self._streams.setdefault(st.name, st)
-        if (old.history, old.max_msg_size) != (st.history, st.max_msg_size):
-            raise Invalid(f"{what}: stream name already in use with a different configuration")
+        if old is not st:
+            have, want = old.bucket_info(), st.bucket_info()
+            keys = ("history", "max_age", "max_value_size", "replicas", "storage", "marker_ttl")
+            why = differences({k: getattr(have, k) for k in keys}, {k: getattr(want, k) for k in keys})
+            if not why and have.msg_ttl != want.msg_ttl:
+                why = "per-message TTL off" if not have.msg_ttl else "per-message TTL on"
+            if why:
+                raise Invalid(f"{what}: bucket {name} exists with other settings: {why}")
         return old.bucket_info()
 
     def forget_bucket(self, name: str) -> None:
@@ -431,54 +569,68 @@ class MemoryStore:
                 raise NotFound(f"{at}: no such key")
             if m.subject != subject or m.op is not Op.PUT:
                 raise NotFound(f"{at}: deleted")
-            return KvEntry(bucket, key, m.data, m.seq, m.time)
+            return KvEntry(bucket, key, m.data, m.seq, m.time, dict(m.headers))
 
         st = self._streams.get(f"KV_{bucket}")
         api = "$JS.API.DIRECT.GET." if st is not None and st.direct else "$JS.API.STREAM.MSG.GET."
         return await self._call(f"get {bucket}/{key}", f"{api}KV_{bucket}", run)
 
-    async def create(self, bucket: str, key: str, value: bytes) -> int:
-        return await self._put(bucket, key, value, 0, create=True)
+    async def create(self, bucket: str, key: str, value: bytes, *, ttl: float | None = None,
+                     headers: Mapping[str, str] | None = None) -> int:
+        return await self._put(bucket, key, value, 0, create=True, ttl=ttl, headers=headers)
 
-    async def update(self, bucket: str, key: str, value: bytes, last: int) -> int:
-        return await self._put(bucket, key, value, last, create=False)
+    async def update(self, bucket: str, key: str, value: bytes, last: int, *, ttl: float | None = None,
+                     headers: Mapping[str, str] | None = None) -> int:
+        return await self._put(bucket, key, value, last, create=False, ttl=ttl, headers=headers)
 
     def _append_kv(self, st: _Stream, what: str, subject: str, value: bytes, hdrs: dict[str, str],
                    last: int | None) -> _Msg:
-        """One publish with the headers NatsStore sends: size first, then the expected revision."""
+        """One publish with the headers NatsStore sends: size first, then the TTL, then the
+        expected revision (the server's order: a TTL the bucket refuses beats a stale revision)."""
+        hdrs = dict(hdrs)
         if last is not None:
             hdrs[_LAST] = str(last)
+        else:
+            hdrs.pop(_LAST, None)
         hdrs[_EXPECT] = st.name
         st.check_size(value, hdrs, self.max_payload, what)
+        ttl = st.msg_ttl_of(hdrs, what)
         cur = st.last(subject)
         if last is not None and last != (cur.seq if cur else 0):
             raise Conflict(f"{what}: revision {last} is not current")
-        return st.append(subject, value, hdrs)
+        return st.append(subject, value, hdrs, ttl)
 
-    async def _put(self, bucket: str, key: str, value: bytes, last: int, create: bool) -> int:
+    def _write_headers(self, what: str, ttl: float | None, headers: Mapping[str, str] | None) -> dict[str, str]:
+        return write_headers(what, ttl, headers, self.msg_ttl)
+
+    async def _put(self, bucket: str, key: str, value: bytes, last: int, create: bool, *,
+                   ttl: float | None = None, headers: Mapping[str, str] | None = None) -> int:
         what, subject = f"put {bucket}/{key}", f"$KV.{bucket}.{key}"
         check_key(bucket, key, what)
+        extra = self._write_headers(what, ttl, headers)
 
         def run() -> int:
             st = self._stream(f"KV_{bucket}", f"no KV bucket {bucket!r}")
             if not create:
-                return self._append_kv(st, what, subject, value, {}, last).seq
+                return self._append_kv(st, what, subject, value, extra, last).seq
             try:
-                return self._append_kv(st, what, subject, value, {}, 0).seq
+                return self._append_kv(st, what, subject, value, extra, 0).seq
             except Conflict:
-                # A deleted key keeps a marker: creating over it is allowed.
+                # A deleted (or expired) key keeps a marker: creating over it is allowed.
                 cur = st.last(subject)
                 if cur is None or cur.op is Op.PUT:
                     raise Exists(f"{bucket}/{key}: exists") from None
-                return self._append_kv(st, what, subject, value, {}, cur.seq).seq
+                return self._append_kv(st, what, subject, value, extra, cur.seq).seq
 
         return await self._call(what, subject, run)
 
-    async def delete(self, bucket: str, key: str, last: int | None = None) -> None:
+    async def delete(self, bucket: str, key: str, last: int | None = None, *,
+                     headers: Mapping[str, str] | None = None) -> None:
         what, subject = f"delete {bucket}/{key}", f"$KV.{bucket}.{key}"
         check_key(bucket, key, what)
+        hdrs = {**check_headers(headers, what), KV_OP: "DEL"}
         await self._call(what, subject, lambda: self._append_kv(
-            self._stream(f"KV_{bucket}", f"no KV bucket {bucket!r}"), what, subject, b"", {KV_OP: "DEL"},
+            self._stream(f"KV_{bucket}", f"no KV bucket {bucket!r}"), what, subject, b"", hdrs,
             last or None))
 
     async def watch(self, bucket: str, sink: WatchSink) -> _Watch:
@@ -506,6 +658,35 @@ class MemoryStore:
         return await self._call(f"stream {name}", f"$JS.API.STREAM.INFO.{name}",
                                 lambda: self._stream(name, f"no stream {name!r}").info())
 
+    async def create_stream(self, name: str, subjects: Sequence[str], *, max_age: float = 0.0,
+                            max_msg_size: int = -1, replicas: int = 1, storage: str = "file") -> StreamInfo:
+        what = f"create stream {name}"
+        check_stream(name, what)
+        subjects = list(subjects)
+        if not subjects:
+            raise Invalid(f"{what}: a stream needs at least one subject")
+        check_limits(what, max_age=max_age, max_size=max_msg_size, replicas=replicas, storage=storage)
+        want = {"max_age": float(max_age), "max_msg_size": max_msg_size, "replicas": replicas, "storage": storage}
+
+        def run() -> StreamInfo:
+            old = self._streams.get(name)
+            if old is not None:
+                si = old.info()
+                if [s for s in subjects if not any(pattern_covers(p, s) for p in si.subjects)]:
+                    raise Invalid(f"{what}: stream {name} exists with other subjects: {', '.join(si.subjects)} "
+                                  f"(asked {', '.join(subjects)})")
+                why = differences({k: getattr(si, k) for k in want}, want)
+                if why:
+                    raise Invalid(f"{what}: stream {name} exists with other settings: {why}")
+                return si
+            for st in self._streams.values():
+                if any(_overlap(p, q) for p in st.subjects for q in subjects):
+                    raise Invalid(f"{what}: another stream takes some of {', '.join(subjects)}")
+            return self.add_stream(name, subjects, max_msg_size, direct=True, max_age=max_age,
+                                   msg_ttl=True, replicas=replicas, storage=storage)
+
+        return await self._call(what, "$JS.API.STREAM.CREATE", run)
+
     async def get_msg(self, stream: str, seq: int, direct: bool = False) -> StreamMsg:
         what = f"get {stream}#{seq}"
 
@@ -528,10 +709,12 @@ class MemoryStore:
         api = "$JS.API.DIRECT.GET." if direct else "$JS.API.STREAM.MSG.GET."
         return await self._call(what, f"{api}{stream}", run)
 
-    async def publish(self, subject: str, data: bytes, stream: str, msg_id: str) -> int:
+    async def publish(self, subject: str, data: bytes, stream: str, msg_id: str, *,
+                      headers: Mapping[str, str] | None = None) -> int:
         """Append one message; ``msg_id`` makes a retried publish a no-op."""
         what = f"publish {subject}"
         check_subject(subject, what)
+        extra = check_headers(headers, what)
 
         def run() -> int:
             st = next((s for s in self._streams.values()
@@ -540,13 +723,14 @@ class MemoryStore:
                 raise _no_stream(what)
             if st.name != stream:
                 raise Invalid(f"{what}: expected stream does not match")
-            hdrs = {"Nats-Msg-Id": msg_id, _EXPECT: stream}
+            hdrs = {**extra, "Nats-Msg-Id": msg_id, _EXPECT: stream}
             st.check_size(data, hdrs, self.max_payload, what)
+            ttl = st.msg_ttl_of(hdrs, what)
             now = time.time()
             first = st.msg_ids.get(msg_id)
             if first is not None and now - first[1] < _DUPE_WINDOW:
                 return first[0]
-            seq = st.append(subject, data, hdrs).seq
+            seq = st.append(subject, data, hdrs, ttl).seq
             st.msg_ids[msg_id] = (seq, now)
             return seq
 

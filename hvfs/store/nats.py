@@ -14,7 +14,7 @@ import contextlib
 import logging
 import re
 import threading
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping, Sequence
 from typing import Any, TypeVar
 
 import nats
@@ -47,8 +47,24 @@ from .base import (
     StreamMsg,
     WatchSink,
 )
-from .natssubs import KvWatch, NatsQueue, StreamWatch, op_of, stream_info, ts
-from .rules import KV_OP, check_bucket, check_key, check_new_bucket, check_subject, hdr_size
+from .natssubs import KvWatch, NatsQueue, StreamWatch, storage_of, stream_info, ts
+from .rules import (
+    DIRECT_GET_HEADERS,
+    EXPECTED_LAST,
+    KV_OP,
+    check_bucket,
+    check_headers,
+    check_key,
+    check_limits,
+    check_new_bucket,
+    check_stream,
+    check_subject,
+    differences,
+    hdr_size,
+    op_of,
+    pattern_covers,
+    write_headers,
+)
 
 __all__ = ["NatsStore"]
 
@@ -60,6 +76,10 @@ _ERR_WRONG_LAST = (10071, 10164)
 _ERR_TOO_BIG = (10054,)
 _ERR_SEQ_NOT_FOUND = 10043  # a message delete of a gap inside the stream (400)
 _ERR_DELETE_FAILED = 10057  # every other refused message delete (500); the text says why
+_ERR_STREAM_IN_USE = 10058  # a stream of that name exists with another configuration
+_ERR_SUBJECTS_OVERLAP = 10065
+_ERR_TTL_INVALID = 10165  # a Nats-TTL the server cannot parse (or 0 and less)
+_ERR_TTL_DISABLED = 10166  # a Nats-TTL on a stream without allow_msg_ttl; before any CAS check
 _PERM_RE = re.compile(r'permissions violation for (?:publish|subscription) to "?([^"\s]+)', re.I)
 
 class NatsStore:
@@ -84,6 +104,18 @@ class NatsStore:
     @property
     def max_payload(self) -> int:
         return int(self._nc.max_payload) if self._nc is not None else 1 << 20
+
+    @property
+    def msg_ttl(self) -> bool:
+        """The server (the one connected to now) is 2.11 or newer: older ones ignore Nats-TTL."""
+        nc = self._nc
+        if nc is None:
+            return False
+        try:
+            v = nc.connected_server_version
+            return (v.major, v.minor) >= (2, 11)
+        except Exception:  # no version, or not semver
+            return False
 
     # -- lifecycle -------------------------------------------------------
 
@@ -290,11 +322,14 @@ class NatsStore:
         return await self._call("list buckets", run(), subject="$JS.API.STREAM.LIST")
 
     def _bucket_info(self, si: Any) -> BucketInfo:
-        name = si.config.name[3:]
-        self._direct[name] = bool(si.config.allow_direct)
-        mms = si.config.max_msg_size
+        c = si.config
+        name = c.name[3:]
+        self._direct[name] = bool(c.allow_direct)
+        mms = c.max_msg_size
         return BucketInfo(name=name, max_value_size=mms if mms and mms > 0 else -1,
-                          history=si.config.max_msgs_per_subject or 1)
+                          history=c.max_msgs_per_subject or 1, max_age=float(c.max_age or 0.0),
+                          msg_ttl=bool(c.allow_msg_ttl), marker_ttl=float(c.subject_delete_marker_ttl or 0.0),
+                          replicas=int(c.num_replicas or 1), storage=storage_of(c))
 
     async def bucket(self, name: str) -> BucketInfo:
         if name in self._info:
@@ -312,15 +347,38 @@ class NatsStore:
 
         return await self._call(f"bucket {name}", run(), subject=f"$JS.API.STREAM.INFO.KV_{name}")
 
-    async def create_bucket(self, name: str, history: int = 10) -> BucketInfo:
-        check_new_bucket(name, f"create bucket {name}")
+    async def create_bucket(self, name: str, history: int = 10, *, max_age: float = 0.0,
+                            max_value_size: int = -1, replicas: int = 1, storage: str = "file",
+                            marker_ttl: float = 0.0) -> BucketInfo:
+        what = f"create bucket {name}"
+        check_new_bucket(name, what)
+        marker = check_limits(what, max_age=max_age, max_size=max_value_size, replicas=replicas,
+                              storage=storage, marker_ttl=marker_ttl, history=history)
+        if not self.msg_ttl:
+            marker = 0  # an older server has no markers (nats-py would refuse the config)
+        # nats-py 2.16 sets allow_msg_ttl on every bucket it makes.
+        cfg = api.KeyValueConfig(bucket=name, history=history, direct=True, ttl=max_age or None,
+                                 max_value_size=max_value_size if max_value_size > 0 else None,
+                                 replicas=replicas, storage=api.StorageType(storage),
+                                 limit_marker_ttl=marker or None)
+        want = {"history": history, "max_age": float(max_age), "max_value_size": max_value_size,
+                "replicas": replicas, "storage": storage, "marker_ttl": float(marker)}
 
         async def run() -> BucketInfo:
-            await self._js.create_key_value(bucket=name, history=history, direct=True)
-            si = await self._js.stream_info(f"KV_{name}")
-            return self._bucket_info(si)
+            try:
+                await self._js.create_key_value(cfg)
+            except nats.js.errors.APIError as e:
+                if e.err_code != _ERR_STREAM_IN_USE:
+                    raise
+                # The server says only "different configuration": name what differs.
+                bi = self._bucket_info(await self._js.stream_info(f"KV_{name}"))
+                have = {k: getattr(bi, k) for k in want}
+                why = differences(have, want) or (
+                    "per-message TTL off" if not bi.msg_ttl else "another configuration (made by another client?)")
+                raise Invalid(f"{what}: bucket {name} exists with other settings: {why}") from None
+            return self._bucket_info(await self._js.stream_info(f"KV_{name}"))
 
-        bi = await self._call(f"create bucket {name}", run(), subject="$JS.API.STREAM.CREATE")
+        bi = await self._call(what, run(), subject="$JS.API.STREAM.CREATE")
         self._info[name] = bi
         return bi
 
@@ -368,16 +426,19 @@ class NatsStore:
                 raise NotFound(f"{bucket}/{key}" + (f"@{revision}" if revision else "") + ": no such key") from None
             if msg.subject != subject or op_of(msg.headers) is not Op.PUT:
                 raise NotFound(f"{bucket}/{key}" + (f"@{revision}" if revision else "") + ": deleted")
-            return KvEntry(bucket, key, msg.data or b"", int(msg.seq), ts(msg.time))
+            own = {k: str(v) for k, v in (msg.headers or {}).items() if k not in DIRECT_GET_HEADERS}
+            return KvEntry(bucket, key, msg.data or b"", int(msg.seq), ts(msg.time), own)
 
         api_subject = ("$JS.API.DIRECT.GET." if self._direct.get(bucket) else "$JS.API.STREAM.MSG.GET.")
         return await self._call(f"get {bucket}/{key}", run(), subject=f"{api_subject}KV_{bucket}")
 
-    async def create(self, bucket: str, key: str, value: bytes) -> int:
-        return await self._put(bucket, key, value, 0, create=True)
+    async def create(self, bucket: str, key: str, value: bytes, *, ttl: float | None = None,
+                     headers: Mapping[str, str] | None = None) -> int:
+        return await self._put(bucket, key, value, 0, create=True, ttl=ttl, headers=headers)
 
-    async def update(self, bucket: str, key: str, value: bytes, last: int) -> int:
-        return await self._put(bucket, key, value, last, create=False)
+    async def update(self, bucket: str, key: str, value: bytes, last: int, *, ttl: float | None = None,
+                     headers: Mapping[str, str] | None = None) -> int:
+        return await self._put(bucket, key, value, last, create=False, ttl=ttl, headers=headers)
 
     def _check_payload(self, data: bytes, headers: dict[str, str], stream: str, what: str) -> None:
         """TooLarge for a message over the server's max payload, headers counted: nats-py
@@ -397,19 +458,25 @@ class NatsStore:
             if e.err_code in _ERR_WRONG_LAST:
                 expect = headers.get(api.Header.EXPECTED_LAST_SUBJECT_SEQUENCE)
                 raise Conflict(f"{bucket}/{key}: revision {expect} is not current") from None
+            if e.err_code == _ERR_TTL_DISABLED:
+                raise Invalid(f"{what}: bucket {bucket} does not allow per-message TTL") from None
             raise
         except (nats.errors.NoRespondersError, nats.js.errors.NoStreamResponseError):
             raise await self._no_responder(bucket, what) from None
         return int(ack.seq)
 
-    async def _put(self, bucket: str, key: str, value: bytes, last: int, create: bool) -> int:
+    def _write_headers(self, what: str, ttl: float | None, headers: Mapping[str, str] | None) -> dict[str, str]:
+        return write_headers(what, ttl, headers, self.msg_ttl)
+
+    async def _put(self, bucket: str, key: str, value: bytes, last: int, create: bool, *,
+                   ttl: float | None = None, headers: Mapping[str, str] | None = None) -> int:
         what = f"put {bucket}/{key}"
         check_key(bucket, key, what)
         subject = f"$KV.{bucket}.{key}"
+        extra = self._write_headers(what, ttl, headers)
 
         async def publish(expect: int) -> int:
-            return await self._publish_kv(bucket, key, value,
-                                          {api.Header.EXPECTED_LAST_SUBJECT_SEQUENCE: str(expect)}, what)
+            return await self._publish_kv(bucket, key, value, {**extra, EXPECTED_LAST: str(expect)}, what)
 
         async def run() -> int:
             if not create:
@@ -432,15 +499,18 @@ class NatsStore:
 
         return await self._call(what, run(), subject=subject)
 
-    async def delete(self, bucket: str, key: str, last: int | None = None) -> None:
+    async def delete(self, bucket: str, key: str, last: int | None = None, *,
+                     headers: Mapping[str, str] | None = None) -> None:
         what = f"delete {bucket}/{key}"
         check_key(bucket, key, what)
-        hdrs = {KV_OP: "DEL"}
+        hdrs = {**check_headers(headers, what), KV_OP: "DEL"}
         if last:
-            hdrs[api.Header.EXPECTED_LAST_SUBJECT_SEQUENCE] = str(last)
+            hdrs[EXPECTED_LAST] = str(last)
+        else:
+            hdrs.pop(EXPECTED_LAST, None)  # the store's own: no CAS unless asked
 
         async def run() -> None:
-            await self._publish_kv(bucket, key, b"", hdrs, what)
+            await self._publish_kv(bucket, key, b"", dict(hdrs), what)
 
         await self._call(what, run(), subject=f"$KV.{bucket}.{key}")
 
@@ -464,6 +534,46 @@ class NatsStore:
 
         return await self._call(f"stream {name}", run(), subject=f"$JS.API.STREAM.INFO.{name}")
 
+    async def create_stream(self, name: str, subjects: Sequence[str], *, max_age: float = 0.0,
+                            max_msg_size: int = -1, replicas: int = 1, storage: str = "file") -> StreamInfo:
+        what = f"create stream {name}"
+        check_stream(name, what)
+        subjects = list(subjects)
+        if not subjects:
+            raise Invalid(f"{what}: a stream needs at least one subject")
+        check_limits(what, max_age=max_age, max_size=max_msg_size, replicas=replicas, storage=storage)
+        want = {"max_age": float(max_age), "max_msg_size": max_msg_size, "replicas": replicas, "storage": storage}
+
+        def existing(si: StreamInfo) -> StreamInfo:
+            missing = [s for s in subjects if not any(pattern_covers(p, s) for p in si.subjects)]
+            if missing:
+                raise Invalid(f"{what}: stream {name} exists with other subjects: {', '.join(si.subjects)} "
+                              f"(asked {', '.join(subjects)})")
+            why = differences({k: getattr(si, k) for k in want}, want)
+            if why:
+                raise Invalid(f"{what}: stream {name} exists with other settings: {why}")
+            return si
+
+        async def run() -> StreamInfo:
+            try:
+                return existing(stream_info(await self._js.stream_info(name)))
+            except nats.js.errors.NotFoundError:
+                pass
+            cfg = api.StreamConfig(name=name, subjects=subjects, allow_direct=True,
+                                   allow_msg_ttl=True if self.msg_ttl else None, max_age=max_age or None,
+                                   max_msg_size=max_msg_size, num_replicas=replicas,
+                                   storage=api.StorageType(storage))
+            try:
+                return stream_info(await self._js.add_stream(cfg))
+            except nats.js.errors.APIError as e:
+                if e.err_code == _ERR_STREAM_IN_USE:  # made meanwhile by another client
+                    return existing(stream_info(await self._js.stream_info(name)))
+                if e.err_code == _ERR_SUBJECTS_OVERLAP:
+                    raise Invalid(f"{what}: another stream takes some of {', '.join(subjects)}") from None
+                raise
+
+        return await self._call(what, run(), subject="$JS.API.STREAM.CREATE")
+
     async def get_msg(self, stream: str, seq: int, direct: bool = False) -> StreamMsg:
         async def run() -> StreamMsg:
             try:
@@ -478,12 +588,13 @@ class NatsStore:
         api_subject = "$JS.API.DIRECT.GET." if direct else "$JS.API.STREAM.MSG.GET."
         return await self._call(f"get {stream}#{seq}", run(), subject=f"{api_subject}{stream}")
 
-    async def publish(self, subject: str, data: bytes, stream: str, msg_id: str) -> int:
+    async def publish(self, subject: str, data: bytes, stream: str, msg_id: str, *,
+                      headers: Mapping[str, str] | None = None) -> int:
         """Append one message; ``msg_id`` makes a retried publish a no-op."""
 
         what = f"publish {subject}"
         check_subject(subject, what)
-        hdrs = {"Nats-Msg-Id": msg_id}
+        hdrs = {**check_headers(headers, what), "Nats-Msg-Id": msg_id}
 
         async def run() -> int:
             self._check_payload(data, hdrs, stream, what)
@@ -588,6 +699,10 @@ def _map_error(e: BaseException, what: str) -> HvfsError:
             return Conflict(f"{what}: revision is not current")
         if code in _ERR_TOO_BIG:
             return TooLarge(f"{what}: value larger than the bucket allows")
+        if code == _ERR_TTL_DISABLED:
+            return Invalid(f"{what}: the stream does not allow per-message TTL")
+        if code == _ERR_TTL_INVALID:
+            return Invalid(f"{what}: the server takes no such per-message TTL")
         if isinstance(e, nats.js.errors.NotFoundError):
             return NotFound(f"{what}: not found")
         if isinstance(e, nats.js.errors.ServiceUnavailableError):

@@ -34,30 +34,13 @@ from .base import (
     StreamInfo,
     WatchSink,
 )
-from .rules import KV_OP
+from .rules import op_of
 
-__all__ = ["KvWatch", "NatsQueue", "StreamWatch", "op_of", "stream_info", "ts"]
+__all__ = ["KvWatch", "NatsQueue", "StreamWatch", "op_of", "storage_of", "stream_info", "ts"]
 
 log = logging.getLogger(__name__)
 
-_MARKER = "Nats-Marker-Reason"
 _CHUNK = 256
-
-
-def op_of(headers: dict[str, str] | None) -> Op:
-    if not headers:
-        return Op.PUT
-    op = headers.get(KV_OP)
-    if op == "DEL":
-        return Op.DEL
-    if op == "PURGE":
-        return Op.PURGE
-    reason = headers.get(_MARKER)
-    if reason in ("MaxAge", "Purge"):
-        return Op.PURGE
-    if reason == "Remove":
-        return Op.DEL
-    return Op.PUT
 
 
 def ts(t: dt.datetime | None) -> float:
@@ -338,13 +321,19 @@ class NatsQueue:
             raise
 
 
+def storage_of(c: Any) -> str:
+    """A stream config's storage as "file" or "memory" (nats-py gives an enum or a string)."""
+    return str(getattr(c.storage, "value", c.storage) or "file")
+
+
 def stream_info(si: Any) -> StreamInfo:
     c, st = si.config, si.state
     mms = c.max_msg_size
     return StreamInfo(name=c.name, subjects=tuple(c.subjects or ()),
                       max_msg_size=mms if mms and mms > 0 else -1, deny_delete=bool(c.deny_delete),
                       first_seq=int(st.first_seq or 0), last_seq=int(st.last_seq or 0),
-                      direct=bool(c.allow_direct))
+                      direct=bool(c.allow_direct), max_age=float(c.max_age or 0.0),
+                      replicas=int(c.num_replicas or 1), storage=storage_of(c), msg_ttl=bool(c.allow_msg_ttl))
 
 
 class StreamWatch(KvWatch):

@@ -38,6 +38,8 @@ from .ctl import ControlProvider
 from .echo import Echo
 from .handles import Handle
 from .kv import XATTRS, KvProvider
+from .layout import Layout
+from .meta import MetaProvider
 from .provider import Provider, Services
 from .queues import QueueProvider
 from .stream import StreamProvider, StreamsProvider
@@ -62,13 +64,15 @@ def _check_name(name: bytes) -> None:
 
 class Vfs:
     def __init__(self, store: Store, config: MountConfig | None = None, read_only: bool = False,
-                 max_payload: int = DEFAULT_MAX_PAYLOAD, metrics: Metrics | None = None) -> None:
+                 max_payload: int = DEFAULT_MAX_PAYLOAD, metrics: Metrics | None = None,
+                 writer: str = "hvfs") -> None:
         self.store = store
         self.config = config or MountConfig()
         self.read_only = read_only
         self.tree = Tree()
         self.metrics = metrics or Metrics()
-        self.sv = Services(store, self.tree, self.metrics, read_only, max_payload)
+        self.sv = Services(store, self.tree, self.metrics, read_only, max_payload, writer)
+        self.layout = Layout(store, self.config, writer)
         self.conflicts: Conflicts = self.sv.conflicts
         self.errors: ErrorLog = self.sv.errors
         self.events: EventLog = self.sv.events
@@ -89,20 +93,24 @@ class Vfs:
             self.buckets = BucketsProvider(self.sv, self.kv, self.kv_dir)
             StreamsProvider(self.sv, self.streams, self.tree.mkdirs("streams"))
         self.control = ControlProvider(self.sv, self.render_status)
+        if self.config.meta:
+            MetaProvider(self.sv, self.config.meta, self.status, self.layout.describe())
         self._register_metrics()
 
     # -- start-up and background ------------------------------------------------
 
     async def start(self) -> None:
         """Bind configured paths and (raw view) every bucket and stream; wait for their snapshots."""
+        lay = self.layout
         for b in self.config.bindings:
-            try:
-                await self.store.bucket(b.kv)
-            except NotFound:
-                if not b.create:
-                    raise
-                await self.store.create_bucket(b.kv)
-            await self.kv.bind(self.tree.mkdirs(b.path), b.kv, b.prefix)
+            await lay.bucket(b)
+        infos = {sb.stream: await lay.stream(sb) for sb in self.config.streams}
+        for b in self.config.bindings:
+            await self.kv.bind(self.tree.mkdirs(b.path), b.kv, b.prefix, lay.kv_policy(b))
+        for sb in self.config.streams:
+            if sb.path is not None:
+                await self.streams.bind(self.tree.mkdirs(sb.path), infos[sb.stream], sb.prefix,
+                                        lay.stream_policy(sb))
         for qb in self.config.queues:
             await self.queues.bind(self.tree.mkdirs(qb.path), qb)
         if self.buckets is not None:
@@ -203,7 +211,21 @@ class Vfs:
         child = await parent.provider.lookup(parent, name, echo)
         if child is None:
             raise NotFound(f"{display(parent)}/{name.decode(errors='replace')}: no such file")
+        if not echo:
+            await self.refresh_attrs(child)
         return child
+
+    async def refresh_attrs(self, node: Node) -> None:
+        """Attributes as of now before they are reported (a typed file's rendered size).
+        A failure leaves them as the index has them: a stat never fails for NATS's sake."""
+        try:
+            await node.provider.refresh_attrs(node)
+        except HvfsError as e:
+            log.debug("refresh %s: %s", display(node), e.reason)
+
+    def refuses_writes(self, node: Node) -> bool:
+        """Whether writes to ``node`` are refused (the mount, the binding, the kind of file)."""
+        return self.read_only or bool(node.provider.read_only(node))
 
     async def readdir(self, ino: int, pid: int = 0) -> list[tuple[bytes, Node]]:
         d = self._dir(ino)
@@ -382,6 +404,16 @@ class Vfs:
             await self._settled(node)
         return await node.provider.xattrs(node, pid)
 
+    async def setxattr(self, ino: int, name: bytes, value: bytes) -> None:
+        """Only ``user.hvfs.ttl`` can be set (a key's TTL); the rest describe NATS state."""
+        if name != b"user.hvfs.ttl":
+            raise NotSupported(f"{name.decode(errors='replace')}: only user.hvfs.ttl can be set here "
+                               "(the other user.hvfs.* attributes describe NATS state)")
+        node = self.node(ino)
+        if node.kind is Kind.KV:
+            await self._settled(node)
+        await node.provider.set_xattr(node, name, value)
+
     async def getxattr(self, ino: int, name: bytes, pid: int = 0) -> bytes:
         if not name.startswith(b"user."):
             # ENOTSUP, not ENODATA: ls and friends then stop asking for
@@ -419,12 +451,20 @@ class Vfs:
         m.gauge("errors.total", lambda: self.errors.total, "errors returned with a reason")
 
     def render_status(self) -> bytes:
-        """``.hvfs/status``: read from the metrics registry, plus what the mount is."""
+        """``.hvfs/status``: JSON."""
+        return (json.dumps(self.status(), indent=2) + "\n").encode()
+
+    def status(self) -> dict[str, object]:
+        """Read from the metrics registry, plus what the mount is."""
         m, st = self.metrics, self.store.state
-        doc = {
+        doc: dict[str, object] = {
             "connected": st.connected,
             "server": st.server,
             "read_only": self.read_only,
+            "writer": self.sv.writer,
+            "msg_ttl": self.store.msg_ttl,
+            "ttl_notes": self.layout.notes,
+            "bindings": self.layout.describe(),
             "uptime_s": round(time.time() - self.started, 1),
             "buckets": sorted(self.kv.views),
             "streams": sorted(self.streams.streams),
@@ -444,7 +484,7 @@ class Vfs:
         notifier = m.group("notifier")
         if notifier:
             doc["notifier"] = notifier
-        return (json.dumps(doc, indent=2) + "\n").encode()
+        return doc
 
 
 #: The name the first release used; tests and benchmarks of the time import it.

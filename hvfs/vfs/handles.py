@@ -44,6 +44,9 @@ class Handle:
     #: layer makes it ask again (reads are clipped at the kernel's size)
     stale_size: bool = False
     tgid: int = 0  # the opener's process id, resolved when first needed
+    #: the per-message TTL of the revision this handle read (None: none, or not read);
+    #: a write keeps it, else it gets its binding's (docs/entities.md)
+    ttl: float | None = None
     #: one publish at a time: a second flush (a dup'd fd closed meanwhile) must see the new base
     lock: trio.Lock = field(default_factory=trio.Lock)
 

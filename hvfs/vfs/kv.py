@@ -21,6 +21,7 @@ from ..errors import (
     CrossDevice,
     Exists,
     HvfsError,
+    Invalid,
     InvalidName,
     IsADirectory,
     NotADirectory,
@@ -28,16 +29,18 @@ from ..errors import (
     NotFound,
     NotPermitted,
     NotSupported,
+    ReadOnly,
     TooLarge,
 )
 from ..store import RESYNC, SYNCED, KvChange, KvEntry, Op, Watch
+from ..store.rules import write_header_bytes
 from .handles import Handle
-from .policy import WritePolicy
+from .policy import WRITER_HEADER, Publish, WritePolicy, WriterLink
 from .provider import Provider, Services
-from .revision import XATTRS, RevisionProvider
+from .revision import REVISION_XATTRS, XATTRS, RevisionProvider
 from .tree import Kind, KvView, Node, display
 
-__all__ = ["KvProvider", "XATTRS", "cas_header_bytes"]
+__all__ = ["KvProvider", "XATTRS", "parse_ttl", "ttl_of"]
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +48,36 @@ _REV_RE = re.compile(rb"^(.+)@(\d+)$")
 _WRITE = os.O_WRONLY | os.O_RDWR
 
 
-def cas_header_bytes(bucket: str) -> int:
-    """Bytes of the headers a CAS publish adds (expected last sequence up to 20 digits, stream)."""
-    return len("NATS/1.0\r\n" "Nats-Expected-Last-Subject-Sequence: \r\n" "Nats-Expected-Stream: KV_\r\n\r\n") \
-        + 20 + len(bucket)
+TTL_HEADER = "Nats-TTL"
+
+
+def ttl_of(headers: dict[str, str]) -> float | None:
+    """The per-message TTL a message carries, in seconds (None: none)."""
+    v = headers.get(TTL_HEADER, "").strip().lower()
+    if not v or v in ("never", "0"):
+        return None
+    try:
+        return parse_ttl(v)
+    except Invalid:
+        return None
+
+
+_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_TTL_RE = re.compile(r"^(\d+(?:\.\d+)?)\s*(s|m|h|d)?$")
+
+
+def parse_ttl(text: str) -> float | None:
+    """``setfattr -n user.hvfs.ttl -v VALUE``: seconds, or with s/m/h/d; 0, none: no TTL."""
+    t = text.strip().lower()
+    if t in ("", "0", "none", "never"):
+        return None
+    m = _TTL_RE.match(t)
+    if m is None:
+        raise Invalid(f"ttl {text!r}: give seconds (30), or 30s, 5m, 2h, 1d; 0 or none for no TTL")
+    secs = float(m.group(1)) * _UNITS[m.group(2) or ""]
+    if secs < 1:
+        raise Invalid(f"ttl {text!r}: NATS keeps per-message TTLs in whole seconds, at least 1")
+    return secs
 
 
 def _tgid(tid: int) -> int:
@@ -73,8 +102,10 @@ class KvProvider(Provider):
         self._synced: dict[int, trio.Event] = {}  # id(view) -> set when its snapshot is complete
         self._watches: dict[str, Watch] = {}
         self._policies: dict[int, WritePolicy] = {}  # id(view) -> its binding's write policy
-        self._raw = WritePolicy()  # the raw view's: no links
+        self._raw = WritePolicy([WriterLink(sv.writer)])  # the raw view's: bytes as they are
         self.revisions = RevisionProvider(sv, self)
+        #: (bucket, key) -> (the revision then current, why): the last write this mount refused
+        self.refused: dict[tuple[str, str], tuple[int, str]] = {}
 
     # -- views and watches ----------------------------------------------------
 
@@ -85,8 +116,9 @@ class KvProvider(Provider):
         ``policy`` is the binding's write-policy chain (none: the raw view's, bytes as they are).
         """
         root.provider = self
-        view = KvView(self.sv.tree, root, bucket, prefix)
-        self._policies[id(view)] = policy or WritePolicy()
+        policy = policy or self._raw
+        view = KvView(self.sv.tree, root, bucket, prefix, policy.suffix)
+        self._policies[id(view)] = policy
         others = [v for v in self.views.get(bucket, []) if v is not view]
         self.views.setdefault(bucket, []).append(view)
         ev = trio.Event()
@@ -155,6 +187,40 @@ class KvProvider(Provider):
     def policy(self, view: KvView) -> WritePolicy:
         return self._policies.get(id(view), self._raw)
 
+    def writable_view(self, view: KvView) -> None:
+        """EROFS on a read-only mount, and in a binding that is read-only."""
+        self.writable()
+        if self.policy(view).read_only:
+            raise ReadOnly(f"{display(view.root)} is read-only (its binding says so)")
+
+    def read_only(self, node: Node) -> bool:
+        return node.view is not None and self.policy(node.view).read_only
+
+    async def set_xattr(self, node: Node, name: bytes, value: bytes) -> None:
+        if name == b"user.hvfs.ttl":
+            await self.set_ttl(node, value)
+        else:
+            await super().set_xattr(node, name, value)
+
+    def _shown(self, node: Node, revision: int, shown: bytes) -> None:
+        """A typed file's size is its rendered content's: recorded per revision."""
+        view = node.view
+        if view is not None and view.suffix and node.kind is Kind.KV and revision >= node.revision:
+            node.size, node.shown_rev = len(shown), revision
+
+    async def refresh_attrs(self, node: Node) -> None:
+        """A typed file whose latest revision is not rendered yet: render it for its size."""
+        view = node.view
+        if view is None or not view.suffix or node.kind is not Kind.KV or node.shown_rev == node.revision:
+            return
+        if self.sv.writers.get(node.ino) is not None:
+            return  # a writer here defines the size
+        try:
+            entry = await self.fetch(node)
+        except NotFound:
+            return
+        self._shown(node, entry.revision, self.policy(view).on_read(node, entry.value))
+
     async def _wait_synced(self, view: KvView) -> None:
         if view.synced:
             return
@@ -218,14 +284,15 @@ class KvProvider(Provider):
         writable = bool(flags & _WRITE)
         trunc = bool(flags & os.O_TRUNC)
         if writable:
-            self.writable()
+            self.writable_view(view)
         if writable and trunc and view.synced and node.linked and node.revision:
             # The old value is not read: the revision the mount knows is the one
             # this writer saw; a newer one makes the publish fail (ESTALE), never lost.
             node.told = 0  # the kernel sets its size to 0 on an O_TRUNC open
-            return Handle(0, node, True, bytearray(), node.revision, dirty=node.size > 0)
+            return Handle(0, node, True, bytearray(), node.revision, dirty=node.size > 0, ttl=node.ttl)
         entry = await self.fetch(node)
         shown = self.policy(view).on_read(node, entry.value)
+        self._shown(node, entry.revision, shown)
         if not writable:
             h = Handle(0, node, False, shown, entry.revision)
             # Shared read-only handles go through the page cache (so MAP_SHARED works)
@@ -236,7 +303,7 @@ class KvProvider(Provider):
         if trunc:
             node.told = 0
         buf = bytearray() if trunc else bytearray(shown)
-        return Handle(0, node, True, buf, entry.revision, dirty=trunc and bool(shown))
+        return Handle(0, node, True, buf, entry.revision, dirty=trunc and bool(shown), ttl=node.ttl)
 
     async def create(self, parent: Node, name: bytes, flags: int, pid: int) -> Handle:
         """open(O_CREAT) of a name the kernel does not know.
@@ -245,9 +312,9 @@ class KvProvider(Provider):
         exists for everyone once open() succeeds and a refused create fails
         open() itself; the content follows at close like any write.
         """
-        self.writable()
         view = parent.view
         assert view is not None and parent.children is not None
+        self.writable_view(view)
         m = _REV_RE.match(name)
         if m and name not in parent.children:
             return await self.revisions.create_at(parent, m.group(1), int(m.group(2)), flags, pid)
@@ -258,9 +325,10 @@ class KvProvider(Provider):
             return await existing.provider.open(existing, flags, pid)
         key = view.key_for(parent, name)
         where = f"{display(parent)}/{name.decode(errors='replace')}"
+        env = await self.policy(view).envelope(b"")
         try:
             with view.muted(key):
-                rev = await self.sv.store.create(view.bucket, key, b"")
+                rev = await self.sv.store.create(view.bucket, key, b"", ttl=env.ttl, headers=env.headers)
         except Exists:
             if flags & os.O_EXCL:
                 raise Exists(f"{where} exists (key {view.bucket}/{key})") from None
@@ -273,7 +341,8 @@ class KvProvider(Provider):
         if made is None or made.parent is not parent or made.name != name:
             raise InvalidName(f"{where} maps to key {key!r}, whose name is taken here "
                               f"({view.hidden.get(key, 'see docs/naming.md')})")
-        return Handle(0, made, True, bytearray(), rev, created=True)
+        made.ttl = env.ttl
+        return Handle(0, made, True, bytearray(), rev, created=True, ttl=env.ttl)
 
     async def write(self, h: Handle, off: int, buf: bytes) -> int:
         return await self.write_buffer(h, off, buf)
@@ -287,7 +356,8 @@ class KvProvider(Provider):
         bi = await self.sv.store.bucket(view.bucket)
         if bi.max_value_size > 0:
             limit = min(limit, bi.max_value_size)
-        return limit - cas_header_bytes(view.bucket)
+        pol = self.policy(view)
+        return limit - write_header_bytes(view.bucket, pol.ttl, {WRITER_HEADER: self.sv.writer})
 
     async def check_size(self, h: Handle, size: int, intended: Callable[[], bytes]) -> None:
         """EFBIG before a value grows past what its bucket takes; the handle is refused for good."""
@@ -307,12 +377,12 @@ class KvProvider(Provider):
         assert view is not None and isinstance(h.data, bytearray)
         data = bytes(h.data)
         h.dirty = h.wrote = False
+        pol = self.policy(view)
         try:
-            p = self.policy(view).on_write(node, data)
-            if p.ttl is not None or p.headers:
-                raise NotSupported("this store cannot publish a TTL or headers yet")
+            p = await pol.on_write(node, data, _kept_ttl(pol, h.ttl))
             with view.muted(node.key):
-                rev = await self.sv.store.update(view.bucket, node.key, p.value, h.base)
+                rev = await self.sv.store.update(view.bucket, node.key, p.value, h.base,
+                                                 ttl=p.ttl, headers=p.headers)
         except HvfsError as e:
             current = e.current if isinstance(e, Conflict) else None
             if isinstance(e, Exists | Conflict):
@@ -320,16 +390,44 @@ class KvProvider(Provider):
                 if current is None:
                     current = await self.safe_current(view, node.key)
             self.sv.fail(h, e, data, view.bucket, current)
+            if isinstance(e, Invalid):
+                await self._refused(h, e)
             raise
         self.sv.metrics.inc("vfs.publishes")
         h.base = rev
+        h.created = False  # its content is in: a touch is a heartbeat again
         self.sv.published(h)
+        self.refused.pop((view.bucket, node.key), None)
         target = view.keys.get(node.key, node) if node.kind is Kind.REV else node
         newer = target.kind is Kind.KV and target.revision > rev
         view.put(node.key, rev, len(p.value), time.time(), notify=False)  # no-op if newer
+        if target.kind is Kind.KV:
+            target.ttl = p.ttl
+            if pol.typed:
+                self._shown(target, rev, pol.on_read(target, p.value))
         if newer and target.parent is not None:
             # Another writer's revision arrived while ours was in flight.
             self.sv.tree.notify(target.parent, target.name, target, "modify")
+
+    async def _refused(self, h: Handle, e: HvfsError) -> None:
+        """A write the binding refused: the value in NATS stays as it was, and the
+        reason is the file's ``user.hvfs.error`` until a write succeeds. A key this
+        handle's open created (empty, to claim the name) is deleted again: no
+        half-made entity is left behind."""
+        node, view = h.node, h.node.view
+        assert view is not None
+        self.refused[(view.bucket, node.key)] = (h.base, e.reason)
+        if not h.created:
+            return
+        try:
+            env = await self.policy(view).envelope(b"")
+            # Not muted: the kernel must hear that the file it just created is gone.
+            await self.sv.store.delete(view.bucket, node.key, h.base, headers=env.headers)
+        except HvfsError as err:
+            log.info("%s: could not take back the create of a refused write: %s", display(node), err.reason)
+            return
+        if view.keys.get(node.key) is node:
+            view.remove(node.key, None)
 
     async def fetch(self, node: Node) -> KvEntry:
         """The key's latest value from NATS, recorded in the index; ENOENT if it is gone."""
@@ -341,6 +439,7 @@ class KvProvider(Provider):
             view.remove(node.key, None)
             raise NotFound(f"{display(node)}: the key is gone") from None
         view.put(node.key, entry.revision, len(entry.value), entry.time)
+        node.ttl = ttl_of(entry.headers)
         return entry
 
     async def current_revision(self, view: KvView, key: str) -> int:
@@ -376,46 +475,77 @@ class KvProvider(Provider):
             return
         if any(h.created or h.dirty for h in self.handles_of(node, pid)):
             return
-        self.writable()
         view = node.view
+        self.writable_view(view)
         entry = await self.fetch(node)
+        pol = self.policy(view)
+        env = await pol.envelope(entry.value, _kept_ttl(pol, node.ttl))
         try:
             with view.muted(node.key):
-                rev = await self.sv.store.update(view.bucket, node.key, entry.value, entry.revision)
+                rev = await self.sv.store.update(view.bucket, node.key, entry.value, entry.revision,
+                                                 ttl=env.ttl, headers=env.headers)
         except Conflict:
             return  # another writer got in first: the key is as fresh as a touch would make it
+        self._republished(node, rev, entry, env)
+
+    def _republished(self, node: Node, rev: int, entry: KvEntry, env: Publish) -> None:
+        """The same value again under a new revision (a touch, a new TTL)."""
+        view = node.view
+        assert view is not None
         view.put(node.key, rev, len(entry.value), time.time(), notify=False)
+        node.ttl = env.ttl
+        if view.suffix and node.shown_rev == entry.revision:
+            node.shown_rev = rev  # the same bytes: the same rendered size
+
+    async def set_ttl(self, node: Node, value: bytes) -> None:
+        """``setfattr -n user.hvfs.ttl``: the current value again, with this TTL."""
+        if node.kind is not Kind.KV or node.view is None:
+            raise NotPermitted(f"{display(node)}: a TTL is set on a key's file")
+        view = node.view
+        self.writable_view(view)
+        ttl = parse_ttl(value.decode(errors="replace"))
+        if ttl is not None and not self.sv.store.msg_ttl:
+            raise NotSupported("this NATS server has no per-message TTL (2.11 or newer has it)")
+        entry = await self.fetch(node)
+        env = await self.policy(view).envelope(entry.value)
+        with view.muted(node.key):
+            rev = await self.sv.store.update(view.bucket, node.key, entry.value, entry.revision,
+                                             ttl=ttl, headers=env.headers)
+        env.ttl = ttl
+        self._republished(node, rev, entry, env)
 
     # -- namespace ----------------------------------------------------------------
 
     async def mkdir(self, parent: Node, name: bytes) -> Node:
-        self.writable()
         view = parent.view
         assert view is not None and parent.children is not None
+        self.writable_view(view)
         if name in parent.children:
             raise Exists(f"{display(parent.children[name])} exists")
-        key = view.key_for(parent, name)
+        key = view.key_for(parent, name, file=False)
         node = self.sv.tree.new(Kind.DIR, name, parent)
         node.view, node.key, node.local = view, key, True
         self.sv.tree.attach(parent, node)
         return node
 
     async def unlink(self, parent: Node, name: bytes, node: Node | None) -> None:
-        self.writable()
         view = parent.view
         assert view is not None
+        self.writable_view(view)
         if node is None:
             raise NotFound(f"{display(parent)}/{name.decode(errors='replace')}: no such file")
         if node.kind is Kind.DIR:
             raise IsADirectory(f"{display(node)} is a directory")
+        env = await self.policy(view).envelope(b"")
         with view.muted(node.key):
-            await self.sv.store.delete(view.bucket, node.key)
+            await self.sv.store.delete(view.bucket, node.key, headers=env.headers)
         view.keys.pop(node.key, None)
         self.sv.tree.detach(node)
         _keep_emptied(parent)
 
     async def rmdir(self, parent: Node, name: bytes, node: Node | None) -> None:
-        self.writable()
+        if parent.view is not None:
+            self.writable_view(parent.view)
         if node is None:
             raise NotFound(f"{display(parent)}/{name.decode(errors='replace')}: no such directory")
         if node.kind is not Kind.DIR:
@@ -427,12 +557,17 @@ class KvProvider(Provider):
         _keep_emptied(parent)
 
     async def rename(self, src_parent: Node, old: bytes, dst_parent: Node, new: bytes, flags: int) -> None:
-        """Put the value under the new key, then delete the old key: never loses data."""
-        self.writable()
+        """Put the value under the new key, then delete the old key: never loses data.
+
+        Into a typed binding the value is written as a new file there would be:
+        checked against the binding's schema in its new place (its name, its directory).
+        """
         src_view, dst_view = src_parent.view, dst_parent.view
         if dst_view is None or dst_parent.provider is not self:
             raise NotPermitted(f"{display(dst_parent)}: only bucket directories hold files")
         assert src_view is not None and src_parent.children is not None and dst_parent.children is not None
+        self.writable_view(src_view)
+        self.writable_view(dst_view)
         src = src_parent.children.get(old)
         if src is None:
             raise NotFound(f"{display(src_parent)}/{old.decode(errors='replace')}: no such file")
@@ -454,15 +589,27 @@ class KvProvider(Provider):
             raise IsADirectory(f"{display(dst)} is a directory")
         dst_key = dst.key if dst is not None else dst_view.key_for(dst_parent, new)
         entry = await self.sv.store.get(src_view.bucket, src.key)
+        src_pol, dst_pol = self.policy(src_view), self.policy(dst_view)
+        value, ttl = entry.value, ttl_of(entry.headers)
+        if dst_pol.typed or src_pol.typed:
+            # What the file shows is what lands in its new place, as if written there.
+            probe = Node(0, Kind.KV, new, None)
+            probe.view, probe.key = dst_view, dst_key
+            p = await dst_pol.on_write(probe, src_pol.on_read(src, value), _kept_ttl(dst_pol, ttl))
+        else:
+            p = await dst_pol.envelope(value, _kept_ttl(dst_pol, ttl))
         with dst_view.muted(dst_key), src_view.muted(src.key):
             current = 0
             if dst is not None:
                 current = await self.current_revision(dst_view, dst_key)
             if current:
-                rev = await self.sv.store.update(dst_view.bucket, dst_key, entry.value, current)
+                rev = await self.sv.store.update(dst_view.bucket, dst_key, p.value, current,
+                                                 ttl=p.ttl, headers=p.headers)
             else:
-                rev = await self.sv.store.create(dst_view.bucket, dst_key, entry.value)
-            await self.sv.store.delete(src_view.bucket, src.key, entry.revision)
+                rev = await self.sv.store.create(dst_view.bucket, dst_key, p.value,
+                                                 ttl=p.ttl, headers=p.headers)
+            env = await src_pol.envelope(b"")
+            await self.sv.store.delete(src_view.bucket, src.key, entry.revision, headers=env.headers)
         # The kernel moves the source inode to the new name: so does the index.
         tree = self.sv.tree
         src_view.keys.pop(src.key, None)
@@ -471,7 +618,10 @@ class KvProvider(Provider):
             dst_view.keys.pop(dst.key, None)
             tree.detach(dst)
         src.view, src.key, src.name = dst_view, dst_key, new
-        src.revision, src.size = rev, len(entry.value)
+        src.revision, src.size, src.ttl = rev, len(p.value), p.ttl
+        src.shown_rev = 0
+        if dst_pol.typed:
+            src.size, src.shown_rev = len(dst_pol.on_read(src, p.value)), rev
         src.mtime = src.ctime = time.time()
         tree.attach(dst_parent, src)
         dst_view.keys[dst_key] = src
@@ -483,26 +633,54 @@ class KvProvider(Provider):
         if node.view is None:
             return []
         if node.kind in (Kind.KV, Kind.REV):
-            return list(XATTRS)
+            return list(XATTRS) + list(REVISION_XATTRS)
         return [b"user.hvfs.bucket", b"user.hvfs.key"]
 
     async def xattrs(self, node: Node, pid: int) -> dict[bytes, bytes]:
-        if node.view is None:
+        view = node.view
+        if view is None:
             return {}
-        out = {b"user.hvfs.bucket": node.view.bucket.encode(), b"user.hvfs.key": node.key.encode()}
-        if node.kind in (Kind.KV, Kind.REV):
-            out[b"user.hvfs.revision"] = str(await self._revision_for(node, pid)).encode()
+        out = {b"user.hvfs.bucket": view.bucket.encode(), b"user.hvfs.key": node.key.encode()}
+        if node.kind not in (Kind.KV, Kind.REV):
+            return out
+        rev, entry = await self._revision_for(node, pid)
+        out[b"user.hvfs.revision"] = str(rev).encode()
+        if entry is None:
+            try:
+                entry = await self.sv.store.get(view.bucket, node.key, rev)
+            except NotFound:
+                entry = None
+        if entry is not None:
+            ttl = ttl_of(entry.headers)
+            if ttl is not None:
+                out[b"user.hvfs.ttl"] = f"{ttl:g}".encode()
+                end = entry.time + ttl
+                ms = int(round((end - int(end)) * 1000)) % 1000
+                stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(int(end)))
+                out[b"user.hvfs.expires"] = f"{stamp}.{ms:03d}Z".encode()
+            writer = entry.headers.get(WRITER_HEADER)
+            if writer:
+                out[b"user.hvfs.writer"] = writer.encode()
+        why = None
+        refused = self.refused.get((view.bucket, node.key))
+        if refused is not None and refused[0] == rev:
+            why = refused[1]
+        elif entry is not None:
+            why = self.policy(view).problem(node, entry.value)
+        if why:
+            out[b"user.hvfs.error"] = why.encode()
         return out
 
-    async def _revision_for(self, node: Node, pid: int) -> int:
+    async def _revision_for(self, node: Node, pid: int) -> tuple[int, KvEntry | None]:
         """``user.hvfs.revision``: in a process holding the file open, the revision of
-        the content its latest handle has; otherwise as fresh as open()."""
+        the content its latest handle has; otherwise as fresh as open() (the entry too)."""
         if node.kind is Kind.REV:
-            return node.revision
+            return node.revision, None
         for h in self.handles_of(node, pid):
             if h.base:
-                return h.base
-        return (await self.fetch(node)).revision
+                return h.base, None
+        entry = await self.fetch(node)
+        return entry.revision, entry
 
     def handles_of(self, node: Node, pid: int) -> list[Handle]:
         """The handles on ``node`` that the process of thread ``pid`` opened, newest first.
@@ -521,6 +699,13 @@ class KvProvider(Provider):
             if h.tgid == caller:
                 out.append(h)
         return out
+
+
+def _kept_ttl(pol: WritePolicy, seen: float | None) -> float | None:
+    """The TTL a write carries beyond its policy's: a binding with a ``ttl`` gives its
+    own to every write; elsewhere a write keeps the TTL of the revision it replaces, as
+    this mount last saw it (docs/entities.md)."""
+    return None if pol.ttl is not None else seen
 
 
 def _keep_emptied(d: Node) -> None:

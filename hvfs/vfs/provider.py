@@ -43,6 +43,8 @@ class Services:
     metrics: Metrics
     read_only: bool
     max_payload: int
+    #: who writes: the Hvfs-Writer header on every value and message this mount publishes
+    writer: str = "hvfs"
     conflicts: Conflicts = field(default_factory=Conflicts)
     errors: ErrorLog = field(default_factory=ErrorLog)
     events: EventLog = field(default_factory=EventLog)
@@ -84,6 +86,13 @@ class Provider:
 
     async def listing(self, d: Node) -> None:
         """Bring ``d``'s children up to date before a readdir."""
+
+    async def refresh_attrs(self, node: Node) -> None:
+        """Bring ``node``'s attributes up to date before they are reported (stat)."""
+
+    def read_only(self, node: Node) -> bool:
+        """Files here refuse writes (shown 0444) beyond a read-only mount."""
+        return False
 
     # -- files -------------------------------------------------------------
 
@@ -138,6 +147,9 @@ class Provider:
 
     async def xattrs(self, node: Node, pid: int) -> dict[bytes, bytes]:
         return {}
+
+    async def set_xattr(self, node: Node, name: bytes, value: bytes) -> None:
+        raise NotPermitted(f"{name.decode(errors='replace')}: this attribute cannot be set here")
 
     # -- helpers for providers with writable handles -------------------------
 

@@ -20,10 +20,12 @@ from .policy import WritePolicy
 from .provider import Provider, Services
 from .tree import Kind, KvView, Node, display
 
-__all__ = ["KeyFiles", "RevisionProvider", "XATTRS"]
+__all__ = ["KeyFiles", "REVISION_XATTRS", "RevisionProvider", "XATTRS"]
 
 _WRITE = os.O_WRONLY | os.O_RDWR
 XATTRS = (b"user.hvfs.bucket", b"user.hvfs.key", b"user.hvfs.revision")
+#: present when the revision has them: its TTL, when it expires, who wrote it, why it is refused
+REVISION_XATTRS = (b"user.hvfs.ttl", b"user.hvfs.expires", b"user.hvfs.writer", b"user.hvfs.error")
 
 
 class KeyFiles(Protocol):
@@ -44,6 +46,8 @@ class KeyFiles(Protocol):
     async def flush(self, h: Handle, final: bool) -> None: ...
 
     async def xattrs(self, node: Node, pid: int) -> dict[bytes, bytes]: ...
+
+    def writable_view(self, view: KvView) -> None: ...
 
 
 class RevisionProvider(Provider):
@@ -106,18 +110,20 @@ class RevisionProvider(Provider):
         assert view is not None
         if not flags & _WRITE:
             return Handle(0, node, False, node.data or b"", node.revision)
-        self.writable()
+        self.kv.writable_view(view)
         if node.revision == 0:
             # FILE@0: create only if absent, now, like any open(O_CREAT) of a new name.
+            env = await self.kv.policy(view).envelope(b"")
             try:
                 with view.muted(node.key):
-                    rev = await self.sv.store.create(view.bucket, node.key, b"")
+                    rev = await self.sv.store.create(view.bucket, node.key, b"", ttl=env.ttl,
+                                                     headers=env.headers)
             except Exists:
                 current = await self.kv.safe_current(view, node.key)
                 raise Conflict(f"{view.bucket}/{node.key} exists (revision {current or '?'}); "
                                "@0 creates only a key that does not exist", current) from None
             view.put(node.key, rev, 0, time.time(), notify=False)
-            return Handle(0, node, True, bytearray(), rev, created=True)
+            return Handle(0, node, True, bytearray(), rev, created=True, ttl=env.ttl)
         current = await self.kv.current_revision(view, node.key)
         if current != node.revision:
             raise Conflict(f"{view.bucket}/{node.key}: revision {node.revision} is not current "
@@ -138,8 +144,11 @@ class RevisionProvider(Provider):
     async def flush(self, h: Handle, final: bool) -> None:
         await self.kv.flush(h, final)
 
+    def read_only(self, node: Node) -> bool:
+        return node.view is not None and self.kv.policy(node.view).read_only
+
     def xattr_names(self, node: Node) -> list[bytes]:
-        return list(XATTRS)
+        return list(XATTRS) + list(REVISION_XATTRS)
 
     async def xattrs(self, node: Node, pid: int) -> dict[bytes, bytes]:
         return await self.kv.xattrs(node, pid)

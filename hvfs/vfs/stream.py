@@ -26,12 +26,14 @@ from ..errors import (
     NotEmpty,
     NotFound,
     NotPermitted,
+    ReadOnly,
     TooLarge,
     errno_of,
 )
 from ..names import encode_name
 from ..store import RESYNC, SYNCED, MsgSeen, StreamInfo, Watch
 from .handles import FollowHandle, Handle, PublishHandle
+from .policy import WRITER_HEADER, WritePolicy, WriterLink
 from .provider import Provider, Services
 from .streams import LOG_NAME, StreamView, locate
 from .tree import Kind, Node, display
@@ -49,9 +51,11 @@ class StreamProvider(Provider):
 
     def __init__(self, sv: Services) -> None:
         super().__init__(sv)
-        self.streams: dict[str, StreamView] = {}
-        self._stream_watches: dict[str, Watch] = {}
-        self._stream_synced: dict[str, trio.Event] = {}
+        self.streams: dict[str, StreamView] = {}  # the raw view's, under streams/
+        self.bound: list[StreamView] = []  # configured paths bound to a stream's subjects
+        self._stream_watches: dict[int, Watch] = {}  # id(view) -> its watch
+        self._stream_synced: dict[int, trio.Event] = {}  # id(view) -> set when its snapshot is in
+        self._raw = WritePolicy([WriterLink(sv.writer)])
         self._stream_lock = trio.Lock()
         self._mount_id = uuid.uuid4().hex[:12]
         self._pub_seq = 0
@@ -66,11 +70,31 @@ class StreamProvider(Provider):
         self._stream_watches.clear()
 
     def message_count(self) -> int:
-        return sum(len(s.msgs) for s in self.streams.values())
+        return sum(len(s.msgs) for s in [*self.streams.values(), *self.bound])
+
+    async def bind(self, root: Node, info: StreamInfo, prefix: str, policy: WritePolicy) -> StreamView:
+        """Show the messages of ``info``'s stream on subjects below ``prefix`` at ``root``."""
+        root.provider = self
+        view = StreamView(self.sv.tree, root, info, prefix, policy)
+        self.bound.append(view)
+        await self._watch_view(view)
+        return view
+
+    async def _watch_view(self, view: StreamView) -> None:
+        ev = trio.Event()
+        self._stream_synced[id(view)] = ev
+        self._stream_watches[id(view)] = await self.sv.store.stream_watch(
+            view.name, lambda items: self._on_stream_watch(view, items))
+        with trio.move_on_after(max(5.0, self.sv.store.timeout * 5)):
+            await ev.wait()
 
     # -- discovery -------------------------------------------------------------------
 
     async def refresh_streams(self) -> None:
+        for view in self.bound:
+            # Messages leave by age or limits without the watch saying so.
+            view.info = await self.sv.store.stream(view.name)
+            view.trim(view.info.first_seq)
         if self.streams_dir is None:
             return
         async with self._stream_lock:
@@ -96,21 +120,16 @@ class StreamProvider(Provider):
         root = self.sv.tree.new(Kind.DIR, info.name.encode(), self.streams_dir)
         root.local = True
         root.provider = self
-        view = StreamView(self.sv.tree, root, info)
+        view = StreamView(self.sv.tree, root, info, "", self._raw)
         self.streams[info.name] = view
         self.sv.tree.attach(self.streams_dir, root)
         self.sv.tree.notify(self.streams_dir, root.name, root, "mkdir")
-        ev = trio.Event()
-        self._stream_synced[info.name] = ev
-        name = info.name
-        self._stream_watches[name] = await self.sv.store.stream_watch(
-            name, lambda items: self._on_stream_watch(name, items))
-        with trio.move_on_after(max(5.0, self.sv.store.timeout * 5)):
-            await ev.wait()
+        await self._watch_view(view)
 
     async def _drop_stream(self, name: str) -> None:
         view = self.streams.pop(name)
-        w = self._stream_watches.pop(name, None)
+        self._stream_synced.pop(id(view), None)
+        w = self._stream_watches.pop(id(view), None)
         if w is not None:
             await w.stop()
         for n in list(self.sv.tree.walk(view.root))[1:]:
@@ -131,16 +150,15 @@ class StreamProvider(Provider):
                 if info.name not in self.streams:
                     await self._add_stream(info)
 
-    def _on_stream_watch(self, name: str, items: list[Any]) -> None:
-        view = self.streams.get(name)
-        if view is None:
-            return
+    def _on_stream_watch(self, view: StreamView, items: list[Any]) -> None:
+        if id(view) not in self._stream_watches and view.synced:
+            return  # dropped
         for item in items:
             if item == RESYNC:
                 view.begin_resync()
             elif item == SYNCED:
                 view.end_resync()
-                ev = self._stream_synced.get(name)
+                ev = self._stream_synced.get(id(view))
                 if ev is not None:
                     ev.set()
             elif isinstance(item, MsgSeen):
@@ -148,10 +166,19 @@ class StreamProvider(Provider):
 
     async def _wait_stream(self, view: StreamView) -> None:
         if not view.synced:
-            ev = self._stream_synced.get(view.name)
+            ev = self._stream_synced.get(id(view))
             if ev is not None:
                 with trio.move_on_after(self.sv.store.timeout):
                     await ev.wait()
+
+    def writable_view(self, view: StreamView) -> None:
+        self.writable()
+        if view.policy.read_only:
+            raise ReadOnly(f"{display(view.root)} is read-only (its binding says so)")
+
+    def read_only(self, node: Node) -> bool:
+        view: StreamView | None = node.stream
+        return view is not None and view.policy.read_only
 
     # -- names ------------------------------------------------------------------------
 
@@ -181,7 +208,7 @@ class StreamProvider(Provider):
         if node.kind is Kind.DIR:
             raise IsADirectory(f"{display(node)} is a directory")
         if writable:
-            self.writable()
+            self.writable_view(view)
         if node.kind is Kind.MSG:
             if writable:
                 raise NotPermitted("stream messages are immutable")
@@ -233,7 +260,7 @@ class StreamProvider(Provider):
                 raise Exists(f"{display(parent.children[name])} exists")
             return await self.open(parent.children[name], flags, pid)
         view: StreamView = parent.stream
-        self.writable()
+        self.writable_view(view)
         subject = parent.key
         if not subject:
             raise NotPermitted(f"stream {view.name}: create files in a subject directory")
@@ -280,12 +307,21 @@ class StreamProvider(Provider):
         view: StreamView = node.stream
         data = bytes(h.data)
         try:
-            seq = await self.sv.store.publish(node.key, data, view.name, h.msg_id)
+            p = await view.policy.on_write(node, data)
+            seq = await self.sv.store.publish(node.key, p.value, view.name, h.msg_id, headers=p.headers)
         except HvfsError as e:
-            if final:
+            if final or isinstance(e, Invalid):
+                # Given up (a refusal will not change by retrying): the bytes are kept,
+                # the handle is done, and the draft's name leaves the directory.
                 c = self.sv.conflicts.add(view.name, node.key, 0, None, errno_of(e), e.reason, data)
                 e.reason = f"{e.reason}; your bytes are in .hvfs/conflicts/{c.file}"
-                h.dirty = False
+                h.dirty = h.wrote = False
+                h.failed = e
+                self.sv.published(h)
+                parent = node.parent
+                if node.linked and parent is not None:
+                    self.sv.tree.detach(node)
+                    self.sv.tree.notify(parent, node.name, node, "delete")
             raise  # not final: dirty stays, a retry reuses the same Nats-Msg-Id
         h.dirty = h.wrote = False
         self.sv.published(h)
@@ -297,7 +333,7 @@ class StreamProvider(Provider):
             # The new file's name gives way to the message's sequence number.
             self.sv.tree.detach(node)
             self.sv.tree.notify(parent, node.name, node, "delete")
-        view.put(MsgSeen(view.name, node.key, seq, len(data), time.time()))
+        view.put(MsgSeen(view.name, node.key, seq, len(p.value), time.time()))
 
     # -- delete, mkdir ----------------------------------------------------------------
 
@@ -307,7 +343,7 @@ class StreamProvider(Provider):
         if node.kind is Kind.DIR:
             raise IsADirectory(f"{display(node)} is a directory")
         view: StreamView = node.stream
-        self.writable()
+        self.writable_view(view)
         if node.kind is Kind.PUB:
             self.sv.tree.detach(node)
             return
@@ -323,7 +359,7 @@ class StreamProvider(Provider):
         if name in parent.children:
             raise Exists(f"{display(parent.children[name])} exists")
         view: StreamView = parent.stream
-        self.writable()
+        self.writable_view(view)
         node = self.sv.tree.new(Kind.DIR, name, parent)
         node.stream, node.local = view, True
         node.key = view.child_subject(parent, name)
@@ -362,6 +398,8 @@ class StreamProvider(Provider):
             msg = await self.sv.store.get_msg(view.name, node.revision, view.info.direct)
             for k, v in msg.headers.items():
                 out[b"user.hvfs.header." + k.encode()] = v.encode()
+            if msg.headers.get(WRITER_HEADER):
+                out[b"user.hvfs.writer"] = msg.headers[WRITER_HEADER].encode()
         return out
 
 

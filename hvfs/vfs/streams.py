@@ -12,11 +12,15 @@ from __future__ import annotations
 
 import bisect
 import time
+from typing import TYPE_CHECKING
 
 from ..names import decode_token, encode_name
 from ..store import MsgSeen, StreamInfo
 from ..store.rules import subject_matches
 from .tree import Kind, Node, Tree
+
+if TYPE_CHECKING:
+    from .policy import WritePolicy
 
 __all__ = ["LOG_NAME", "StreamView"]
 
@@ -24,12 +28,15 @@ LOG_NAME = b".log"
 
 
 class StreamView:
-    def __init__(self, tree: Tree, root: Node, info: StreamInfo) -> None:
+    def __init__(self, tree: Tree, root: Node, info: StreamInfo, prefix: str, policy: WritePolicy) -> None:
         self.tree = tree
         self.root = root
         self.info = info
         self.name = info.name
-        root.key = ""
+        #: only subjects below this one are shown, without it (a binding's ``prefix``)
+        self.prefix = prefix
+        self.policy = policy  # what a new message goes through (a binding's schema, the writer)
+        root.key = prefix
         root.stream = self  # type: ignore[attr-defined]
         self.msgs: dict[int, Node] = {}
         self.log_size: dict[int, int] = {root.ino: 0}  # dir ino -> bytes of .log
@@ -64,7 +71,12 @@ class StreamView:
         notify = notify and self.synced  # the first snapshot is not news to the kernel
         if m.seq in self.msgs:
             return self.msgs[m.seq]
-        tokens = m.subject.split(".")
+        subject = m.subject
+        if self.prefix:
+            if not subject.startswith(self.prefix + "."):
+                return None  # a subject of the stream this binding does not show
+            subject = subject[len(self.prefix) + 1:]
+        tokens = subject.split(".")
         d = self.root
         chain = [d]
         for tok in tokens:

@@ -49,6 +49,7 @@ class Node:
         "ino", "kind", "name", "parent", "children", "view", "key", "revision",
         "size", "mtime", "ctime", "nlookup", "local", "linked", "render", "data",
         "stream", "queue", "told", "cached_rev", "cached_open", "cached_size", "settling", "provider",
+        "shown_rev", "ttl",
     )
 
     def __init__(self, ino: int, kind: Kind, name: bytes, parent: Node | None) -> None:
@@ -76,6 +77,10 @@ class Node:
         self.cached_open = 0  # open handles that read through the page cache
         self.cached_size = 0  # the size of their content (they all hold revision cached_rev)
         self.settling: Any = None  # trio.Event while a last-close publish is in flight
+        #: typed (codec) files: the revision whose rendered size ``size`` is (0: none)
+        self.shown_rev = 0
+        #: the per-message TTL of the revision this mount last read (None: none or unknown)
+        self.ttl: float | None = None
         #: the hvfs.vfs.provider.Provider that owns this node (inherited from the parent)
         self.provider: Any = parent.provider if parent is not None else None
 
@@ -185,8 +190,10 @@ class Tree:
 class KvView:
     """The keys of one bucket (under ``prefix``) placed below ``root``."""
 
-    def __init__(self, tree: Tree, root: Node, bucket: str, prefix: str = "") -> None:
+    def __init__(self, tree: Tree, root: Node, bucket: str, prefix: str = "", suffix: str = "") -> None:
         self.tree = tree
+        #: a codec's file extension: key ``ag-7`` is the file ``ag-7.yml`` (directories have none)
+        self.suffix = suffix
         self.root = root
         root.view = self
         root.key = prefix
@@ -221,11 +228,17 @@ class KvView:
 
     # -- names -------------------------------------------------------------
 
-    def key_for(self, parent: Node, name: bytes) -> str:
-        """The key a new file ``name`` in directory ``parent`` stands for."""
+    def key_for(self, parent: Node, name: bytes, file: bool = True) -> str:
+        """The key a new file (or, ``file`` False, directory) ``name`` in ``parent`` stands for."""
         if parent.kind is not Kind.DIR:
             raise NotADirectory(f"{parent.path().decode(errors='replace')} is not a directory")
-        if name == VALUE_NAME:
+        if file and self.suffix:
+            ext = self.suffix.encode()
+            if not name.endswith(ext) or len(name) == len(ext):
+                raise InvalidName(f"{name.decode(errors='replace')}: files here are named KEY{self.suffix} "
+                                  f"(the key is the name without {self.suffix})")
+            name = name[: -len(ext)]
+        elif name == VALUE_NAME:
             if not parent.key:
                 raise InvalidName(f"{VALUE_NAME.decode()} names the directory's own key; this directory has none")
             return parent.key
@@ -277,6 +290,7 @@ class KvView:
             self.hidden[key] = "a parent name collides with a file name"
             return None
         name, _ = decode_token(tokens[-1])
+        name += self.suffix.encode()
         assert parent.children is not None
         existing = parent.children.get(name)
         node = self.tree.new(Kind.KV, name, parent)
