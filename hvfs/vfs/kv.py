@@ -49,6 +49,8 @@ _WRITE = os.O_WRONLY | os.O_RDWR
 
 
 TTL_HEADER = "Nats-TTL"
+#: keys whose last refused write's reason the mount keeps for user.hvfs.error
+_REFUSED_KEPT = 4096
 
 
 def ttl_of(headers: dict[str, str]) -> float | None:
@@ -417,6 +419,8 @@ class KvProvider(Provider):
         node, view = h.node, h.node.view
         assert view is not None
         self.refused[(view.bucket, node.key)] = (h.base, e.reason)
+        while len(self.refused) > _REFUSED_KEPT:
+            del self.refused[next(iter(self.refused))]  # the oldest reason goes first
         if not h.created:
             return
         try:
