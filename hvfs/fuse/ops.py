@@ -197,11 +197,7 @@ class Operations(pyfuse3.Operations):
 
     @_fuse
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
-        h = await self.core.open(inode, flags, ctx.pid)
-        if h.stale_size:
-            # Only the attributes: no page locks, so safe inside a request.
-            pyfuse3.invalidate_inode(inode, attr_only=True)
-        return self._info(h)
+        return self._info(await self.core.open(inode, flags, ctx.pid))
 
     @_fuse
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
@@ -235,6 +231,12 @@ class Operations(pyfuse3.Operations):
             log.warning("release of %s: %s", self.where("release", (fh,)), e.reason)
         finally:
             self.core.release(fh)
+            node = h.node if h is not None else None
+            if node is not None and h is not None and h.cached and node.cached_open == 0 \
+                    and node.told != self.core.size_of(node):
+                # The size the last page-cache reader pinned is over: the kernel asks again
+                # (only the attributes: no page locks, so safe inside a request).
+                pyfuse3.invalidate_inode(node.ino, attr_only=True)
 
     @_fuse
     async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes, fields: pyfuse3.SetattrFields,

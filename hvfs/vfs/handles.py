@@ -40,9 +40,6 @@ class Handle:
     append: bool = False  # O_APPEND: every write goes to the end of *this* content
     created: bool = False  # this handle's open created the key (touch adds no heartbeat)
     cached: bool = False  # reads go through the kernel's page cache (read-only KV handles)
-    #: a page-cache handle whose size the kernel does not know yet: the FUSE
-    #: layer makes it ask again (reads are clipped at the kernel's size)
-    stale_size: bool = False
     tgid: int = 0  # the opener's process id, resolved when first needed
     #: the per-message TTL of the revision this handle read (None: none, or not read);
     #: a write keeps it, else it gets its binding's (docs/entities.md)

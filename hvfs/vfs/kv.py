@@ -299,8 +299,12 @@ class KvProvider(Provider):
             h = Handle(0, node, False, shown, entry.revision)
             # Shared read-only handles go through the page cache (so MAP_SHARED works)
             # while every one open holds the same revision: pages are per inode.
-            h.cached = node.cached_open == 0 or node.cached_rev == entry.revision
-            h.stale_size = h.cached and node.told != len(shown)
+            # ... and only when the kernel's size for the inode is this content's: the
+            # kernel clips page-cache reads at its size and zero-fills up to it, and an
+            # attribute reply racing a remote change's invalidation may be dropped, so a
+            # size it must first learn is not relied on: such a handle reads with direct_io.
+            h.cached = (node.cached_open == 0 or node.cached_rev == entry.revision) \
+                and node.told == len(shown)
             return h
         if trunc:
             node.told = 0
