@@ -35,11 +35,14 @@ from hvfs.store import (
     SYNCED,
     BucketInfo,
     KvChange,
+    KvDelta,
+    KvEntry,
     MsgSeen,
     Op,
     QueueGone,
     QueueMsg,
     Store,
+    StreamDelta,
     StreamInfo,
 )
 from hvfs.store.memory import MemoryStore
@@ -1028,6 +1031,249 @@ def test_stream_watch(backend: Backend) -> None:
             await store.stream_watch(fresh("NOSTREAM"), nothing)
         await trio.sleep(0.1)
         assert nothing.items == []  # not even RESYNC
+
+    backend.run(body)
+
+
+# -- reads of what changed (kv_since, stream_since) ------------------------------------------
+
+
+def same_entry(got: KvEntry, want: KvEntry) -> bool:
+    """The same revision with the same value and headers (times: the same message, read two ways)."""
+    return ((got.bucket, got.key, got.value, got.revision, got.headers)
+            == (want.bucket, want.key, want.value, want.revision, want.headers)) and abs(got.time - want.time) < 0.01
+
+
+def test_kv_since_full_and_incremental(backend: Backend) -> None:
+    async def body(store: Store) -> None:
+        b = fresh("since")
+        await store.create_bucket(b)
+        assert await store.kv_since(b) == KvDelta(b, 0, {}, {}, True)  # empty bucket
+        ra = await store.create(b, "a", b"A", headers={"Hvfs-Writer": "w"})
+        rb = await store.create(b, "dir/b.c", b"B")
+        rx = await store.create(b, "x", b"X")
+        ra2 = await store.update(b, "a", b"AA", ra, headers={"Hvfs-Writer": "w2"})
+        await store.delete(b, "dir/b.c", rb)
+        full = await store.kv_since(b, 0)
+        assert (full.bucket, full.last, full.complete) == (b, ra2 + 1, True)  # the marker is the last revision
+        assert sorted(full.puts) == ["a", "x"] and full.deleted == {"dir/b.c": ra2 + 1}
+        for key in ("a", "x"):
+            assert same_entry(full.puts[key], await store.get(b, key))
+        assert full.puts["a"].headers["Hvfs-Writer"] == "w2" and full.puts["x"].revision == rx
+        # After it: an update twice (once, the latest), a delete, a key made and deleted, a new one.
+        mark = full.last
+        rx2 = await store.update(b, "x", b"X2", rx)
+        rx3 = await store.update(b, "x", b"X3", rx2)
+        await store.delete(b, "a")
+        rn = await store.create(b, "n", b"N")
+        await store.delete(b, "n", rn)
+        re = await store.create(b, "e", b"E")
+        rb2 = await store.create(b, "dir/b.c", b"again")  # over its marker
+        inc = await store.kv_since(b, mark)
+        assert (inc.last, inc.complete) == (rb2, True)
+        assert {k: (e.value, e.revision) for k, e in inc.puts.items()} == {
+            "x": (b"X3", rx3), "e": (b"E", re), "dir/b.c": (b"again", rb2)}
+        assert inc.deleted == {"a": rx3 + 1, "n": rn + 1}
+        assert same_entry(inc.puts["x"], await store.get(b, "x"))
+        # Nothing since: empty, at the same revision; and from a revision inside the changes.
+        assert await store.kv_since(b, inc.last) == KvDelta(b, inc.last, {}, {}, True)
+        mid = await store.kv_since(b, rn)
+        assert (sorted(mid.puts), mid.deleted) == (["dir/b.c", "e"], {"n": rn + 1})
+        again = await store.kv_since(b)  # the whole state, deletions whose markers are there
+        assert (sorted(again.puts), again.deleted, again.last) == (
+            ["dir/b.c", "e", "x"], {"a": rx3 + 1, "n": rn + 1}, rb2)
+        errors, calls = store.state.errors, store.state.calls
+        with pytest.raises(NotFound):
+            await store.kv_since(fresh("nobucket"))
+        with pytest.raises(NotFound):
+            await store.kv_since(fresh("nobucket"), 5)
+        assert store.state.errors == errors  # an answer
+        with pytest.raises(InvalidName):
+            await store.kv_since("no.such")
+        with pytest.raises(Invalid):
+            await store.kv_since(b, -1)
+        assert store.state.calls == calls + 2  # refused before any request
+
+    backend.run(body)
+
+
+def test_kv_since_trimmed_history(backend: Backend) -> None:
+    async def body(store: Store) -> None:
+        b = fresh("trim")
+        await store.create_bucket(b, history=1)
+        r1 = await store.create(b, "a", b"1")
+        r2 = await store.update(b, "a", b"2", r1)
+        r3 = await store.update(b, "a", b"3", r2)  # 1 and 2 are gone: the stream starts at 3
+        r4 = await store.create(b, "gone", b"g")
+        await store.delete(b, "gone", r4)  # its value goes (history 1), its marker stays
+        d = await store.kv_since(b, r1)
+        assert not d.complete  # 2 is before the first sequence (3): a deletion may be missing
+        assert ({k: e.revision for k, e in d.puts.items()}, d.deleted, d.last) == ({"a": r3}, {"gone": r4 + 1}, r4 + 1)
+        assert (await store.kv_since(b, r2)).complete  # 3 is there: nothing after 2 is gone
+        assert (await store.kv_since(b, 0)).complete  # the whole state is the whole state
+        past = await store.kv_since(b, r4 + 10)  # past the last: another bucket of that name?
+        assert (past.last, past.puts, past.deleted, past.complete) == (r4 + 1, {}, {}, False)
+
+    backend.run(body)
+
+
+def test_kv_since_expired_key_is_deleted(backend: Backend) -> None:
+    async def body(store: Store) -> None:
+        b = fresh("sincettl")
+        await store.create_bucket(b, marker_ttl=1)
+        sink = Sink()
+        w = await store.watch(b, sink)
+        await sink.synced()
+        keep = await store.create(b, "keep", b"k")
+        r = await store.create(b, "gone", b"x", ttl=1)
+        await sink.wait(has(Op.PURGE, "gone"))
+        purge = next(c for c in sink.items if isinstance(c, KvChange) and c.op is Op.PURGE)
+        # While the marker lives (1 s): the key is deleted, at the marker's revision.
+        d = await store.kv_since(b, r)
+        assert (d.puts, d.deleted, d.last) == ({}, {"gone": purge.revision}, purge.revision)
+        full = await store.kv_since(b)
+        assert (list(full.puts), full.deleted) == (["keep"], {"gone": purge.revision})
+        assert full.puts["keep"].revision == keep
+        await w.stop()
+
+    backend.run(body)
+
+
+def test_stream_since(backend: Backend) -> None:
+    async def body(store: Store) -> None:
+        s = fresh("SINCE")
+        p = s.lower()
+        backend.add_stream(store, s, [f"{p}.>"])
+        assert await store.stream_since(s) == StreamDelta(s, 0, 0, [])  # empty
+        sent = [(f"{p}.a", b"1"), (f"{p}.b", b"2"), (f"{p}.a.x", b"3"), (f"{p}.a", b"4"), (f"{p}.c", b"5")]
+        for i, (subj, data) in enumerate(sent):
+            await store.publish(subj, data, s, f"m{i}", headers={"Hvfs-Writer": f"w{i}"})
+        full = await store.stream_since(s)
+        assert (full.stream, full.first, full.last) == (s, 1, 5)
+        assert [(m.stream, m.subject, m.seq, m.data) for m in full.msgs] == [
+            (s, subj, i + 1, data) for i, (subj, data) in enumerate(sent)]
+        for m in full.msgs:  # the headers it was stored with, as get_msg gives them
+            want = await store.get_msg(s, m.seq)
+            assert m.headers == want.headers and m.headers["Hvfs-Writer"] == f"w{m.seq - 1}"
+            assert abs(m.time - want.time) < 0.01
+        mid = await store.stream_since(s, 2)
+        assert ([m.seq for m in mid.msgs], mid.first, mid.last) == ([3, 4, 5], 1, 5)
+        assert [m.seq for m in (await store.stream_since(s, 0, f"{p}.a")).msgs] == [1, 4]  # literal: that subject only
+        assert [m.seq for m in (await store.stream_since(s, 1, f"{p}.a")).msgs] == [4]
+        assert [m.seq for m in (await store.stream_since(s, 0, f"{p}.*")).msgs] == [1, 2, 4, 5]
+        assert [m.seq for m in (await store.stream_since(s, 0, f"{p}.a.>")).msgs] == [3]
+        assert [m.seq for m in (await store.stream_since(s, 2, f"{p}.>")).msgs] == [3, 4, 5]
+        none = await store.stream_since(s, 0, f"{p}.zzz")  # taken by the stream, none there
+        assert (none.msgs, none.first, none.last) == ([], 1, 5)
+        assert await store.stream_since(s, 5) == StreamDelta(s, 5, 1, [])
+        assert await store.stream_since(s, 9) == StreamDelta(s, 5, 1, [])
+        # Deleted at the start: first moves on, the read starts there.
+        await store.delete_msg(s, 1)
+        await store.delete_msg(s, 2)
+        await store.delete_msg(s, 4)
+        gone = await store.stream_since(s)
+        assert ([m.seq for m in gone.msgs], gone.first, gone.last) == ([3, 5], 3, 5)
+        assert [m.seq for m in (await store.stream_since(s, 0, f"{p}.a")).msgs] == []
+        await store.delete_msg(s, 5)  # the last: a read from 4 has nothing, and knows it
+        assert await store.stream_since(s, 4) == StreamDelta(s, 5, 3, [])
+        # A bucket's stream is a stream too.
+        b = fresh("sincekv")
+        await store.create_bucket(b)
+        r = await store.create(b, "k", b"v")
+        kv = await store.stream_since(f"KV_{b}", 0, f"$KV.{b}.*")
+        assert [(m.subject, m.seq, m.data) for m in kv.msgs] == [(f"$KV.{b}.k", r, b"v")]
+        errors, calls = store.state.errors, store.state.calls
+        with pytest.raises(NotFound):
+            await store.stream_since(fresh("NOSTREAM"))
+        assert store.state.errors == errors
+        with pytest.raises(Invalid, match="takes no subject"):
+            await store.stream_since(s, 0, "elsewhere.>")
+        calls = store.state.calls
+        for bad in ("", f"{p}..a", f"{p}.>.a", f"{p}.a*", f"{p}.>x", f"{p}. a", ".a"):
+            with pytest.raises(Invalid):
+                await store.stream_since(s, 0, bad)
+        with pytest.raises(Invalid):
+            await store.stream_since(s, -1)
+        with pytest.raises(InvalidName):
+            await store.stream_since("a.b")
+        assert store.state.calls == calls  # refused before any request
+
+    backend.run(body)
+
+
+def test_since_under_writes(backend: Backend) -> None:
+    """Writes that go on during a read do not keep it going; what it reports is consistent."""
+
+    async def body(store: Store) -> None:
+        b = fresh("busy")
+        await store.create_bucket(b, history=1)
+        for i in range(200):
+            await store.create(b, f"k{i:03}", b"v")
+        stop = trio.Event()
+        written: list[int] = []
+
+        async def writer() -> None:
+            i = 0
+            while not stop.is_set():
+                written.append(await store.create(b, f"w{i:05}", b"w"))
+                i += 1
+
+        async with trio.open_nursery() as n:
+            n.start_soon(writer)
+            for _ in range(5):
+                d = await store.kv_since(b)
+                assert {f"k{i:03}" for i in range(200)} <= set(d.puts)
+                # Every key written up to the revision it reports is there, none after it.
+                got = {e.revision for k, e in d.puts.items() if k.startswith("w")}
+                assert {r for r in written if r <= d.last} <= got and max(got, default=0) <= d.last
+            stop.set()
+
+    backend.run(body)
+
+
+def test_since_scale(backend: Backend) -> None:
+    """2,000 keys / messages of ~200 bytes (10,000 measured apart: see the report); times printed."""
+    n = 2000
+
+    async def body(store: Store) -> None:
+        b, s = fresh("scale"), fresh("SCALE")
+        p = s.lower()
+        await store.create_bucket(b)
+        backend.add_stream(store, s, [f"{p}.>"])
+        value = b"v" * 200
+
+        async def fill(part: int) -> None:
+            for i in range(part, n, 8):
+                await store.create(b, f"dir{i % 10}/key{i:05}", value)
+                await store.publish(f"{p}.{i % 10}", value, s, f"s{i}")
+
+        async with trio.open_nursery() as nursery:
+            for part in range(8):
+                nursery.start_soon(fill, part)
+        t = time.perf_counter()
+        full = await store.kv_since(b)
+        t_full = time.perf_counter() - t
+        assert (len(full.puts), full.deleted, full.complete) == (n, {}, True)
+        for i in range(100):  # 100 changes: 50 updates, 50 deletes
+            key = f"dir{i % 10}/key{i:05}"
+            if i % 2:
+                await store.delete(b, key)
+            else:
+                await store.update(b, key, b"new", full.puts[key].revision)
+        t = time.perf_counter()
+        inc = await store.kv_since(b, full.last)
+        t_inc = time.perf_counter() - t
+        assert (len(inc.puts), len(inc.deleted), inc.last) == (50, 50, full.last + 100)
+        t = time.perf_counter()
+        msgs = await store.stream_since(s)
+        t_stream = time.perf_counter() - t
+        assert [m.seq for m in msgs.msgs] == list(range(1, n + 1))
+        t = time.perf_counter()
+        some = await store.stream_since(s, n - 100, f"{p}.*")
+        t_tail = time.perf_counter() - t
+        assert len(some.msgs) == 100
+        print(f"\n{backend.kind}: kv_since {n} keys {t_full * 1000:.0f} ms, 100 changes {t_inc * 1000:.1f} ms; "
+              f"stream_since {n} msgs {t_stream * 1000:.0f} ms, last 100 {t_tail * 1000:.1f} ms")
 
     backend.run(body)
 

@@ -9,6 +9,7 @@ from .base import (
     SYNCED,
     BucketInfo,
     KvChange,
+    KvDelta,
     KvEntry,
     MsgSeen,
     Op,
@@ -17,6 +18,7 @@ from .base import (
     QueueMsg,
     Store,
     StoreState,
+    StreamDelta,
     StreamInfo,
     StreamMsg,
     Watch,
@@ -24,6 +26,6 @@ from .base import (
 )
 
 __all__ = [
-    "RESYNC", "SYNCED", "BucketInfo", "KvChange", "KvEntry", "MsgSeen", "Op", "Queue", "QueueGone",
-    "QueueMsg", "Store", "StoreState", "StreamInfo", "StreamMsg", "Watch", "WatchSink",
+    "RESYNC", "SYNCED", "BucketInfo", "KvChange", "KvDelta", "KvEntry", "MsgSeen", "Op", "Queue", "QueueGone",
+    "QueueMsg", "Store", "StoreState", "StreamDelta", "StreamInfo", "StreamMsg", "Watch", "WatchSink",
 ]

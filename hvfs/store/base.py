@@ -83,8 +83,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 __all__ = [
-    "RESYNC", "SYNCED", "BucketInfo", "KvChange", "KvEntry", "MsgSeen", "Op", "Queue", "QueueGone",
-    "QueueMsg", "Store", "StoreState", "StreamInfo", "StreamMsg", "Watch", "WatchSink",
+    "RESYNC", "SYNCED", "BucketInfo", "KvChange", "KvDelta", "KvEntry", "MsgSeen", "Op", "Queue", "QueueGone",
+    "QueueMsg", "Store", "StoreState", "StreamDelta", "StreamInfo", "StreamMsg", "Watch", "WatchSink",
 ]
 
 
@@ -180,6 +180,39 @@ class KvEntry:
     #: every header the message was stored with (Nats-TTL, Hvfs-Writer, the CAS ones...);
     #: not what a direct get's reply adds (Nats-Stream, Nats-Sequence, ...)
     headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class KvDelta:
+    """What changed in a bucket since a revision (``Store.kv_since``): each key whose
+    latest message is newer than it, in exactly one of ``puts`` and ``deleted``."""
+
+    bucket: str
+    #: the bucket stream's last sequence when the read ended: the revision this delta
+    #: brings a reader to (pass it as the next call's ``revision``)
+    last: int
+    #: key -> its latest value, for keys whose latest change after the revision is a PUT
+    puts: dict[str, KvEntry]
+    #: key -> the revision of its delete or purge marker (the server's TTL-expiry marker
+    #: too), for keys whose latest change after the revision deletes them
+    deleted: dict[str, int]
+    #: False: messages after the revision are gone (its next sequence is before the
+    #: stream's first; or the revision is past the stream's last: another bucket of
+    #: that name). Keys deleted by a marker that is itself gone are then not in
+    #: ``deleted``: read again from revision 0 and compare keys to find them.
+    complete: bool
+
+
+@dataclass(frozen=True, slots=True)
+class StreamDelta:
+    """A stream's messages after a sequence (``Store.stream_since``)."""
+
+    stream: str
+    last: int  # the stream's last sequence when the read ended (pass it as the next ``seq``)
+    first: int  # the stream's first sequence when the read began: messages before it are gone
+    #: the messages with a sequence over the one asked (and matching the filter), in order,
+    #: with data and the headers they were stored with
+    msgs: list[StreamMsg]
 
 
 @dataclass(frozen=True, slots=True)
@@ -360,6 +393,33 @@ class Store(Protocol):
         """
         ...
 
+    async def kv_since(self, bucket: str, revision: int = 0) -> KvDelta:
+        """What changed in ``bucket`` after ``revision``: every key whose latest message
+        has a greater sequence, with that message (``puts``: a value, with its headers;
+        ``deleted``: the revision of a delete or purge marker, the server's TTL-expiry
+        marker included); keys unchanged since ``revision`` are in neither.
+
+        ``revision`` 0: the whole current state (only each key's latest message is
+        read; a deleted key whose marker is still there is in ``deleted``). Otherwise
+        the bucket's stream is read from ``revision + 1`` and folded to each key's
+        latest. ``last`` is the revision the delta brings the reader to (the stream's
+        last sequence when the read ended; messages written meanwhile may be in the
+        delta too): pass it as the next call's ``revision``.
+
+        What a delta cannot show: a key deleted by a marker that is itself gone
+        (markers expire ``marker_ttl`` after they are written; history is trimmed),
+        a value that expired without a marker (a bucket without ``marker_ttl``), and
+        a key that went back to an older revision when its newer one expired. When
+        ``revision + 1`` is before the stream's first sequence, or ``revision`` is
+        past its last (the bucket was made again), ``complete`` is False: read with
+        revision 0 and compare keys to find deletions.
+
+        Bounded: each wait for more of the read is bounded by ``timeout``; the whole
+        read by ``timeout`` per batch of messages. NotFound: no such bucket.
+        Invalid: ``revision`` negative. InvalidName: a name no bucket can have.
+        """
+        ...
+
     async def watch(self, bucket: str, sink: WatchSink) -> Watch:
         """RESYNC, the snapshot (delete markers included, see WatchSink), SYNCED,
         then every change, until stopped.
@@ -425,6 +485,19 @@ class Store(Protocol):
         NotPermitted: the stream denies deletes (every KV bucket's does), whatever
         ``seq`` is. NotFound: no such stream, or no message at ``seq`` (a gap,
         before the first, past the last, 0).
+        """
+        ...
+
+    async def stream_since(self, stream: str, seq: int = 0, subject: str | None = None) -> StreamDelta:
+        """The messages of ``stream`` after ``seq`` (and on ``subject``, a filter that may
+        hold wildcards), in order, with data and stored headers; ``first`` and ``last``:
+        the stream's first sequence when the read began, its last when it ended (messages
+        appended meanwhile may be in ``msgs`` too; pass ``last`` as the next ``seq``).
+        ``seq + 1 < first``: messages after ``seq`` are gone (deleted or expired).
+
+        Bounded as ``kv_since``. NotFound: no such stream. Invalid: ``seq`` negative, or
+        ``subject`` no subject filter (an empty token, a ``>`` not last, a wildcard inside
+        a token) or one the stream takes none of. InvalidName: not a stream name.
         """
         ...
 

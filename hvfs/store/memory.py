@@ -48,6 +48,7 @@ from .base import (
     SYNCED,
     BucketInfo,
     KvChange,
+    KvDelta,
     KvEntry,
     MsgSeen,
     Op,
@@ -55,6 +56,7 @@ from .base import (
     QueueGone,
     QueueMsg,
     StoreState,
+    StreamDelta,
     StreamInfo,
     StreamMsg,
     WatchSink,
@@ -66,6 +68,7 @@ from .rules import (
     MARKER_REASON,
     MSG_TTL,
     check_bucket,
+    check_filter,
     check_headers,
     check_key,
     check_limits,
@@ -75,9 +78,11 @@ from .rules import (
     differences,
     go_duration,
     hdr_size,
+    kv_delta_complete,
     op_of,
     pattern_covers,
     subject_matches,
+    subjects_overlap,
     write_headers,
 )
 
@@ -93,18 +98,6 @@ _GO_SECONDS = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$|^(\d+)$")
 _DUPE_WINDOW = 120.0  # nats-py's KV default; streams made by add_stream get the server's, also 2 min
 def _no_stream(what: str) -> Unavailable:
     return Unavailable(f"{what}: no JetStream responder (bucket or stream missing?)")  # no stream takes it
-
-
-def _overlap(p: str, q: str) -> bool:
-    """Some subject matches both patterns (the server refuses a stream that overlaps another)."""
-    a, b = p.split("."), q.split(".")
-    for i in range(max(len(a), len(b))):
-        x, y = (a[i] if i < len(a) else None), (b[i] if i < len(b) else None)
-        if x == ">" or y == ">":
-            return x is not None and y is not None
-        if x is None or y is None or (x != y and "*" not in (x, y)):
-            return False
-    return True
 
 
 @dataclass(slots=True)
@@ -633,6 +626,33 @@ class MemoryStore:
             self._stream(f"KV_{bucket}", f"no KV bucket {bucket!r}"), what, subject, b"", hdrs,
             last or None))
 
+    async def kv_since(self, bucket: str, revision: int = 0) -> KvDelta:
+        what = f"changes of {bucket} since {revision}"
+        check_bucket(bucket, what)
+        if revision < 0:
+            raise Invalid(f"{what}: a revision is 0 or more")
+        cut = len(bucket) + 5  # "$KV.<bucket>."
+
+        def run() -> KvDelta:
+            st = self._stream(f"KV_{bucket}", f"no KV bucket {bucket!r}")
+            puts: dict[str, KvEntry] = {}
+            deleted: dict[str, int] = {}
+            # Each key's latest message: what NATS's read folds to (a newer one that expired
+            # without a marker is gone there too; the key's older one is not after revision).
+            for m in sorted((st.msgs[seqs[-1]] for seqs in st.by_subject.values()), key=lambda m: m.seq):
+                if m.seq <= revision:
+                    continue
+                key = m.subject[cut:]
+                if m.op is Op.PUT:
+                    puts[key] = KvEntry(bucket, key, m.data, m.seq, m.time, dict(m.headers))
+                else:
+                    deleted[key] = m.seq
+            info = st.info()
+            return KvDelta(bucket, st.last_seq, puts, deleted,
+                           kv_delta_complete(revision, info.first_seq, info.last_seq))
+
+        return await self._call(what, f"$JS.API.CONSUMER.CREATE.KV_{bucket}", run)
+
     async def watch(self, bucket: str, sink: WatchSink) -> _Watch:
         check_bucket(bucket, f"watch {bucket}")
         return await self._watch(f"KV_{bucket}", sink, f"watch {bucket}", kv=True)
@@ -680,7 +700,7 @@ class MemoryStore:
                     raise Invalid(f"{what}: stream {name} exists with other settings: {why}")
                 return si
             for st in self._streams.values():
-                if any(_overlap(p, q) for p in st.subjects for q in subjects):
+                if any(subjects_overlap(p, q) for p in st.subjects for q in subjects):
                     raise Invalid(f"{what}: another stream takes some of {', '.join(subjects)}")
             return self.add_stream(name, subjects, max_msg_size, direct=True, max_age=max_age,
                                    msg_ttl=True, replicas=replicas, storage=storage)
@@ -746,6 +766,26 @@ class MemoryStore:
             st.remove(seq)
 
         await self._call(f"delete {stream}#{seq}", f"$JS.API.STREAM.MSG.DELETE.{stream}", run)
+
+    async def stream_since(self, stream: str, seq: int = 0, subject: str | None = None) -> StreamDelta:
+        what = f"read {stream} since #{seq}" + (f" on {subject}" if subject else "")
+        check_stream(stream, what, new=False)
+        if seq < 0:
+            raise Invalid(f"{what}: a sequence is 0 or more")
+        if subject is not None:
+            check_filter(subject, what)
+
+        def run() -> StreamDelta:
+            st = self._stream(stream, f"no stream {stream!r}")
+            if subject is not None and st.subjects and not any(subjects_overlap(p, subject) for p in st.subjects):
+                raise Invalid(f"{what}: stream {stream} takes no subject on {subject} "
+                              f"(its subjects: {', '.join(st.subjects)})")
+            msgs = [StreamMsg(stream, m.subject, m.seq, m.data, dict(m.headers), m.time)
+                    for m in st.msgs.values()
+                    if m.seq > seq and (subject is None or subject_matches(subject, m.subject))]
+            return StreamDelta(stream, st.last_seq, st.info().first_seq, msgs)
+
+        return await self._call(what, f"$JS.API.CONSUMER.CREATE.{stream}", run)
 
     async def stream_watch(self, stream: str, sink: WatchSink) -> _Watch:
         return await self._watch(stream, sink, f"watch stream {stream}", kv=False)

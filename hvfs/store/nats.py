@@ -39,20 +39,23 @@ from ..errors import (
 )
 from .base import (
     BucketInfo,
+    KvDelta,
     KvEntry,
     Op,
     Queue,
     StoreState,
+    StreamDelta,
     StreamInfo,
     StreamMsg,
     WatchSink,
 )
-from .natssubs import KvWatch, NatsQueue, StreamWatch, storage_of, stream_info, ts
+from .natssubs import KvWatch, NatsQueue, StreamWatch, read_since, storage_of, stream_info, ts
 from .rules import (
     DIRECT_GET_HEADERS,
     EXPECTED_LAST,
     KV_OP,
     check_bucket,
+    check_filter,
     check_headers,
     check_key,
     check_limits,
@@ -61,8 +64,10 @@ from .rules import (
     check_subject,
     differences,
     hdr_size,
+    kv_delta_complete,
     op_of,
     pattern_covers,
+    subjects_overlap,
     write_headers,
 )
 
@@ -80,6 +85,8 @@ _ERR_STREAM_IN_USE = 10058  # a stream of that name exists with another configur
 _ERR_SUBJECTS_OVERLAP = 10065
 _ERR_TTL_INVALID = 10165  # a Nats-TTL the server cannot parse (or 0 and less)
 _ERR_TTL_DISABLED = 10166  # a Nats-TTL on a stream without allow_msg_ttl; before any CAS check
+#: a read of a stream (kv_since, stream_since) may take the store's timeout per this many messages
+_READ_BATCH = 1000
 _PERM_RE = re.compile(r'permissions violation for (?:publish|subscription) to "?([^"\s]+)', re.I)
 
 class NatsStore:
@@ -667,6 +674,89 @@ class NatsStore:
     async def ack(self, q: Queue, seq: int) -> None:
         assert isinstance(q, NatsQueue), "a queue of another store"
         await self._call(f"ack {q.stream}#{seq}", q.ack(seq), subject="$JS.ACK.")
+
+    # -- reads of what changed ------------------------------------------------------
+
+    async def _span(self, stream: str, missing: str, what: str, subject: str | None = None) -> tuple[int, int, int]:
+        """A stream's first and last sequence and message count. NotFound: no such stream;
+        Invalid: it takes no subject on the filter ``subject``."""
+
+        async def run() -> tuple[int, int, int]:
+            try:
+                si = await self._js.stream_info(stream)
+            except nats.js.errors.NotFoundError:
+                raise NotFound(missing) from None
+            subjects = si.config.subjects or ()
+            if subject is not None and subjects and not any(subjects_overlap(p, subject) for p in subjects):
+                raise Invalid(f"{what}: stream {stream} takes no subject on {subject} "
+                              f"(its subjects: {', '.join(subjects)})")
+            st = si.state
+            return int(st.first_seq or 0), int(st.last_seq or 0), int(st.messages or 0)
+
+        return await self._call(what, run(), subject=f"$JS.API.STREAM.INFO.{stream}")
+
+    def _read_bound(self, count: int) -> float:
+        """The bound on a whole read of ``count`` messages: the timeout per batch (each wait
+        inside it is bounded by the timeout alone)."""
+        return self.timeout * (2 + count // _READ_BATCH)
+
+    async def kv_since(self, bucket: str, revision: int = 0) -> KvDelta:
+        what = f"changes of {bucket} since {revision}"
+        check_bucket(bucket, what)
+        if revision < 0:
+            raise Invalid(f"{what}: a revision is 0 or more")
+        stream, pre, missing = f"KV_{bucket}", f"$KV.{bucket}.", f"no KV bucket {bucket!r}"
+        first, last, count = await self._span(stream, missing, what)
+        complete = kv_delta_complete(revision, first, last)
+        if last <= revision:
+            return KvDelta(bucket, last, {}, {}, complete)
+        latest: dict[str, tuple[Any, Any, int]] = {}
+
+        def keep(msg: Any, meta: Any, seq: int) -> None:
+            latest[msg.subject] = (msg, meta, seq)
+
+        async def run() -> KvDelta:
+            end = await read_since(self, stream, f"{pre}>", revision + 1, revision == 0, keep, missing)
+            puts: dict[str, KvEntry] = {}
+            deleted: dict[str, int] = {}
+            cut = len(pre)
+            for subject, (msg, meta, seq) in latest.items():
+                key = subject[cut:]
+                hdrs = msg.headers  # a fresh dict per message: a consumer's delivery adds no header
+                if op_of(hdrs) is Op.PUT:
+                    puts[key] = KvEntry(bucket, key, msg.data or b"", seq, ts(meta.timestamp), hdrs or {})
+                else:
+                    deleted[key] = seq
+            return KvDelta(bucket, max(end, last), puts, deleted, complete)
+
+        if revision:
+            count = min(count, last - revision)
+        return await self._call(what, run(), bound=self._read_bound(count),
+                                subject=f"$JS.API.CONSUMER.CREATE.{stream}")
+
+    async def stream_since(self, stream: str, seq: int = 0, subject: str | None = None) -> StreamDelta:
+        what = f"read {stream} since #{seq}" + (f" on {subject}" if subject else "")
+        check_stream(stream, what, new=False)
+        if seq < 0:
+            raise Invalid(f"{what}: a sequence is 0 or more")
+        if subject is not None:
+            check_filter(subject, what)
+        missing = f"no stream {stream!r}"
+        first, last, count = await self._span(stream, missing, what, subject)
+        if last <= seq:
+            return StreamDelta(stream, last, first, [])
+        msgs: list[StreamMsg] = []
+
+        def keep(msg: Any, meta: Any, n: int) -> None:
+            # msg.headers: a fresh dict per message; a consumer's delivery adds no header
+            msgs.append(StreamMsg(stream, msg.subject, n, msg.data or b"", msg.headers or {}, ts(meta.timestamp)))
+
+        async def run() -> StreamDelta:
+            end = await read_since(self, stream, subject or ">", seq + 1, False, keep, missing)
+            return StreamDelta(stream, max(end, last), first, msgs)
+
+        return await self._call(what, run(), bound=self._read_bound(min(count, last - seq)),
+                                subject=f"$JS.API.CONSUMER.CREATE.{stream}")
 
     # -- watch -------------------------------------------------------------
 

@@ -11,6 +11,7 @@ import datetime as dt
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import nats
@@ -22,6 +23,7 @@ from nats.js import api
 from ..errors import (
     HvfsError,
     NotFound,
+    Timeout,
 )
 from .base import (
     RESYNC,
@@ -36,7 +38,7 @@ from .base import (
 )
 from .rules import op_of
 
-__all__ = ["KvWatch", "NatsQueue", "StreamWatch", "op_of", "storage_of", "stream_info", "ts"]
+__all__ = ["KvWatch", "NatsQueue", "StreamWatch", "op_of", "read_since", "storage_of", "stream_info", "ts"]
 
 log = logging.getLogger(__name__)
 
@@ -355,3 +357,119 @@ class StreamWatch(KvWatch):
 
     def _item(self, msg: Any, meta: Any, size: int) -> MsgSeen:  # type: ignore[override]
         return MsgSeen(self.bucket, msg.subject, int(meta.sequence.stream), size, ts(meta.timestamp))
+
+
+class _Read:
+    """Where one ``read_since`` is (loop thread only)."""
+
+    __slots__ = ("done", "error", "last", "n", "seen", "target")
+
+    def __init__(self) -> None:
+        self.done = False
+        self.error: BaseException | None = None
+        self.n = 0  # messages handed on
+        self.seen = 0  # the last one's stream sequence
+        self.target: int | None = None  # the stream's last sequence once the consumer exists
+        self.last = 0  # where the read ended
+
+
+#: how often a read that gets nothing asks the consumer whether anything is left
+_STALL_CHECK = 0.2
+
+
+async def read_since(store: Any, stream: str, subject: str, start: int, last_per_subject: bool,
+                     keep: Callable[[Any, Any, int], None], missing: str) -> int:
+    """Loop side of kv_since and stream_since: hand the messages of ``stream`` on
+    ``subject`` (a filter) from sequence ``start`` on (``last_per_subject``: the last of
+    each subject only) to ``keep(msg, metadata, seq)``, in order; the sequence the read
+    brings the caller to.
+
+    One ordered consumer: 10,000 messages in 0.2-0.3 s here, most of it nats-py's
+    header parsing (direct-get batches are no faster, need a stream with direct gets,
+    and the server refuses a last-per-subject batch of 10,000 subjects: 413 Too Many
+    Results). It reads until the stream's last sequence as it is
+    once the consumer exists (a last-per-subject snapshot is taken then: stopping
+    earlier would leave out a key whose older message the snapshot skipped), or until
+    the server has nothing left for it: writes that go on meanwhile do not keep it
+    going. Each wait for the next message is bounded by the store's timeout (a stalled
+    read is Timeout, not a hang); the caller bounds the whole.
+    """
+    js, timeout = store._js, store.timeout
+    progress = asyncio.Event()
+    r = _Read()
+
+    async def on_msg(msg: Any) -> None:
+        if r.done:
+            return
+        try:
+            meta = msg.metadata
+            seq = int(meta.sequence.stream)
+            keep(msg, meta, seq)
+        except Exception as e:  # a bug here must end the read, not stall it until the timeout
+            r.error, r.done = e, True
+            progress.set()
+            return
+        r.seen, r.n = seq, r.n + 1
+        if meta.num_pending == 0 or (r.target is not None and seq >= r.target):
+            r.last, r.done = seq, True
+        progress.set()
+
+    if last_per_subject:
+        cfg = api.ConsumerConfig(deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT)
+    else:
+        cfg = api.ConsumerConfig(deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=max(start, 1))
+
+    def drained(ci: Any) -> bool:
+        """Nothing pending, and whatever was sent has been handed on (the ordered consumer
+        may have been made again since: its own count starts over)."""
+        d = ci.delivered
+        return not ci.num_pending and (d is None or not d.consumer_seq or int(d.stream_seq or 0) <= r.seen)
+
+    sub: Any = None
+    try:
+        try:
+            sub = await js.subscribe(subject, stream=stream, cb=on_msg, ordered_consumer=True, config=cfg,
+                                     inactive_threshold=max(2 * timeout, 5.0), pending_msgs_limit=-1)
+            target = int((await js.stream_info(stream)).state.last_seq or 0)
+        except nats.js.errors.NotFoundError:
+            raise NotFound(missing) from None
+        r.target = target
+        if not r.done and r.n and r.seen >= target:
+            r.last, r.done = r.seen, True
+        loop = asyncio.get_running_loop()
+        check = not r.done  # at once: an empty read has nothing to wait for
+        heard = loop.time()  # the last progress
+        while not r.done:
+            if check:
+                try:
+                    ci = await sub.consumer_info()
+                except nats.js.errors.NotFoundError:
+                    ci = None  # an ordered consumer made again after a gap: not yet there
+                if ci is not None and drained(ci):
+                    if not r.done:  # what came meanwhile may have ended it already
+                        r.last, r.done = max(r.seen, target), True
+                    break
+                if loop.time() - heard >= timeout:
+                    raise Timeout(f"read {stream}: nothing from NATS for {timeout:.1f}s "
+                                  f"({r.n} messages read, up to #{r.seen} of #{target})")
+            progress.clear()
+            try:
+                async with asyncio.timeout(_STALL_CHECK):
+                    await progress.wait()
+                heard, check = loop.time(), False
+            except TimeoutError:
+                check = True
+        if r.error is not None:
+            raise r.error
+        return r.last
+    finally:
+        r.done = True
+        if sub is not None:
+            await asyncio.shield(_unsubscribe(sub, timeout))
+
+
+async def _unsubscribe(sub: Any, bound: float) -> None:
+    """A read's consumer goes: the server drops it when it has had no subscriber for its
+    inactive threshold."""
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(sub.unsubscribe(), bound)

@@ -14,9 +14,10 @@ from .base import Op
 
 __all__ = [
     "DIRECT_GET_HEADERS", "EXPECTED_LAST", "EXPECTED_STREAM", "KV_OP", "MARKER_REASON", "MAX_SUBJECT", "MSG_TTL",
-    "cas_header_bytes", "check_bucket", "check_headers", "check_key", "check_limits", "check_new_bucket", "check_stream",
-    "check_subject", "differences", "get_subject", "go_duration", "hdr_size", "literal_error", "op_of",
-    "pattern_covers", "subject_matches", "ttl_seconds", "write_header_bytes", "write_headers",
+    "cas_header_bytes", "check_bucket", "check_filter", "check_headers", "check_key", "check_limits", "check_new_bucket",
+    "check_stream", "check_subject", "differences", "get_subject", "go_duration", "hdr_size", "kv_delta_complete",
+    "literal_error", "op_of", "pattern_covers", "subject_matches", "subjects_overlap", "ttl_seconds",
+    "write_header_bytes", "write_headers",
 ]
 
 #: the header of a KV delete or purge marker
@@ -51,12 +52,13 @@ def check_bucket(name: str, what: str) -> None:
                           "white space or control character; 1 to 252 characters)")
 
 
-def check_stream(name: str, what: str) -> None:
-    """InvalidName for a name no new stream can have (a bucket's ``KV_``/``OBJ_`` prefix included)."""
+def check_stream(name: str, what: str, *, new: bool = True) -> None:
+    """InvalidName for a name no new stream can have (a bucket's ``KV_``/``OBJ_`` prefix
+    included); ``new`` False: no stream at all can have (a bucket's stream is one)."""
     if not name or len(name) > 255 or NOT_IN_BUCKET.search(name):
         raise InvalidName(f"{what}: {name!r} is not a stream name (no '.', '*', '>', '/', '\\', "
                           "white space or control character; 1 to 255 characters)")
-    if name.startswith(("KV_", "OBJ_")):
+    if new and name.startswith(("KV_", "OBJ_")):
         raise InvalidName(f"{what}: {name!r}: the prefixes KV_ and OBJ_ are the buckets' streams")
 
 
@@ -103,6 +105,35 @@ def check_subject(subject: str, what: str) -> None:
         raise InvalidName(f"{what[:80]}: {why}")
     if len(subject.encode()) > MAX_SUBJECT:
         raise NameTooLong(f"{what[:80]}...: a subject of {len(subject.encode())} bytes is longer than NATS carries here")
+
+
+_NOT_IN_FILTER = re.compile(r"[\s\x00-\x1f\x7f]")
+
+
+def check_filter(subject: str, what: str) -> None:
+    """Invalid for a subject filter NATS refuses: an empty token, a ``*`` or ``>`` inside
+    a token, a ``>`` that is not the last token, white space or control characters."""
+    toks = subject.split(".")
+    bad = (not subject or "" in toks or _NOT_IN_FILTER.search(subject) is not None
+           or any(len(t) > 1 and ("*" in t or ">" in t) for t in toks) or ">" in toks[:-1])
+    if bad:
+        raise Invalid(f"{what[:80]}: {subject[:80]!r} is not a subject filter (tokens not empty, "
+                      "'*' and '>' whole tokens, '>' last, no white space)")
+    if len(subject.encode()) > MAX_SUBJECT:
+        raise Invalid(f"{what[:80]}: a subject filter of {len(subject.encode())} bytes is longer than NATS carries here")
+
+
+def subjects_overlap(p: str, q: str) -> bool:
+    """Some subject matches both patterns (the server refuses a stream that overlaps
+    another, and a consumer filter that overlaps none of its stream's subjects)."""
+    a, b = p.split("."), q.split(".")
+    for i in range(max(len(a), len(b))):
+        x, y = (a[i] if i < len(a) else None), (b[i] if i < len(b) else None)
+        if x == ">" or y == ">":
+            return x is not None and y is not None
+        if x is None or y is None or (x != y and "*" not in (x, y)):
+            return False
+    return True
 
 
 def hdr_size(headers: dict[str, str]) -> int:
@@ -197,6 +228,14 @@ def op_of(headers: Mapping[str, str] | None) -> Op:
     if reason == "Remove":
         return Op.DEL
     return Op.PUT
+
+
+def kv_delta_complete(revision: int, first: int, last: int) -> bool:
+    """A delta since ``revision`` of a stream now from ``first`` to ``last`` shows every
+    deletion after it: revision 0 (the whole state), or nothing after it is gone (its
+    next sequence is not before the first) and it is not past the last (a stream of that
+    name made again starts over)."""
+    return revision == 0 or (first <= revision + 1 and revision <= last)
 
 
 def differences(have: Mapping[str, object], want: Mapping[str, object]) -> str:
