@@ -1,4 +1,4 @@
-"""``hvfs`` command line: mount, umount, status."""
+"""``hvfs`` command line: mount, umount, status, settle, restore."""
 
 from __future__ import annotations
 
@@ -9,14 +9,17 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
-from .config import ConnectOptions, load_config, load_context
-from .errors import HvfsError
+from .config import ConnectOptions, MountConfig, SettleConfig, load_config, load_context
+from .errors import HvfsError, Invalid
 
 __all__ = ["main"]
 
 log = logging.getLogger("hvfs")
+T = TypeVar("T")
 
 
 def _env(name: str) -> str | None:
@@ -49,18 +52,7 @@ def _parser() -> argparse.ArgumentParser:
 
     m = sub.add_parser("mount", help="mount NATS at MOUNTPOINT (foreground unless --daemon)")
     m.add_argument("mountpoint")
-    m.add_argument("--server", "-s", help="NATS URL(s), comma separated (env NATS_URL); "
-                   "none: start an embedded nats-server on loopback")
-    m.add_argument("--context", help="nats CLI context name (env NATS_CONTEXT)")
-    m.add_argument("--creds", help="credentials file (env NATS_CREDS)")
-    m.add_argument("--nkey", help="nkey seed file (env NATS_NKEY)")
-    m.add_argument("--user", help="user name (env NATS_USER)")
-    m.add_argument("--password", help="password (env NATS_PASSWORD)")
-    m.add_argument("--token", help="token (env NATS_TOKEN)")
-    m.add_argument("--tlsca", help="TLS CA file (env NATS_CA)")
-    m.add_argument("--tlscert", help="TLS client certificate (env NATS_CERT)")
-    m.add_argument("--tlskey", help="TLS client key (env NATS_KEY)")
-    m.add_argument("--timeout", type=float, default=2.0, help="bound on every NATS call, seconds (default 2)")
+    _connection_flags(m)
     m.add_argument("--config", help="mount config file (YAML): paths bound to buckets, streams and work "
                    "queues, with formats, schemas and TTLs; missing buckets and streams are created "
                    "(docs/config.md, examples/fleet.yml)")
@@ -82,7 +74,49 @@ def _parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("status", help="print the mount's connection state and counters")
     s.add_argument("mountpoint")
+
+    st = sub.add_parser("settle", help="settle the config's chosen paths to git once; print the commit "
+                        "id or 'nothing changed' (docs/settle.md)")
+    _repo_flags(st, "mount config file with a settle: section (docs/settle.md)",
+                "branch to commit to (overrides settle.branch; default main)")
+    st.add_argument("--author", help="'Name <email>' of the commit (overrides settle.author)")
+    st.add_argument("--message", help="the commit message's first line (overrides settle.message)")
+    st.add_argument("--remote", help="repository path or URL to push to (overrides settle.remote)")
+
+    r = sub.add_parser("restore", help="write a settled tree back into NATS with compare-and-set "
+                       "(docs/settle.md)")
+    _repo_flags(r, "mount config file: the bindings (and settle: section) the tree was settled with",
+                "the settle branch (overrides settle.branch)")
+    r.add_argument("--rev", help="commit, branch or tag to restore (default: the settle branch)")
+    r.add_argument("--dry-run", action="store_true", help="print what would be written; write nothing")
+    r.add_argument("--writer", help="name put on every write (default: the config's writer, else hvfs-restore)")
     return p
+
+
+def _repo_flags(p: argparse.ArgumentParser, config_help: str, branch_help: str) -> None:
+    """What ``settle`` and ``restore`` share: the paths, the connection, the repository."""
+    p.add_argument("paths", nargs="*", metavar="PATH", help="only these settled paths (default: all)")
+    _connection_flags(p)
+    p.add_argument("--config", help=config_help)
+    p.add_argument("--store", help="store dir of the embedded nats-server when no server is given")
+    p.add_argument("--repo", help="the git repository (overrides settle.repo)")
+    p.add_argument("--branch", help=branch_help)
+    p.add_argument("--dir", help="directory inside the repository (overrides settle.dir)")
+
+
+def _connection_flags(m: argparse.ArgumentParser) -> None:
+    m.add_argument("--server", "-s", help="NATS URL(s), comma separated (env NATS_URL); "
+                   "none: start an embedded nats-server on loopback")
+    m.add_argument("--context", help="nats CLI context name (env NATS_CONTEXT)")
+    m.add_argument("--creds", help="credentials file (env NATS_CREDS)")
+    m.add_argument("--nkey", help="nkey seed file (env NATS_NKEY)")
+    m.add_argument("--user", help="user name (env NATS_USER)")
+    m.add_argument("--password", help="password (env NATS_PASSWORD)")
+    m.add_argument("--token", help="token (env NATS_TOKEN)")
+    m.add_argument("--tlsca", help="TLS CA file (env NATS_CA)")
+    m.add_argument("--tlscert", help="TLS client certificate (env NATS_CERT)")
+    m.add_argument("--tlskey", help="TLS client key (env NATS_KEY)")
+    m.add_argument("--timeout", type=float, default=2.0, help="bound on every NATS call, seconds (default 2)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -94,6 +128,10 @@ def main(argv: list[str] | None = None) -> int:
             return _umount(a.mountpoint)
         if a.cmd == "status":
             return _status(a.mountpoint)
+        if a.cmd == "settle":
+            return _settle(a)
+        if a.cmd == "restore":
+            return _restore(a)
     except HvfsError as e:
         print(f"hvfs: {e.reason}", file=sys.stderr)
         return 2
@@ -194,3 +232,99 @@ def _status(mountpoint: str) -> int:
         return 2
     print(json.dumps(doc, indent=2))
     return 0 if doc.get("connected") else 1
+
+
+# -- settle and restore ----------------------------------------------------------------------
+
+
+def _settle_config(config: MountConfig, a: argparse.Namespace) -> SettleConfig:
+    """The config's settle section with the command line's flags over it (validated the same way)."""
+    base = config.settle.model_dump(exclude_unset=True) if config.settle is not None else {}
+    for flag in ("repo", "branch", "dir", "author", "message", "remote"):
+        v = getattr(a, flag, None)
+        if v is not None:
+            base[flag] = v
+    base.pop("interval", None)  # the command settles once
+    from pydantic import ValidationError
+
+    from .codec import validation_reason
+
+    try:
+        st = SettleConfig.model_validate(base)
+    except ValidationError as e:
+        raise Invalid(f"settle: {validation_reason(e)}") from None
+    try:
+        config.check_settle(st)
+    except ValueError as e:
+        raise Invalid(f"settle: {e}") from None
+    if st.repo is None:
+        raise Invalid("settle: no repository: give --repo, or settle.repo in the config (docs/settle.md)")
+    return st
+
+
+async def _with_store(a: argparse.Namespace, fn: Callable[[Any], Awaitable[T]]) -> T:
+    """Connect like ``hvfs mount`` (an embedded server on --store when none is given), run fn(store)."""
+    import contextlib
+
+    from .store.nats import NatsStore
+
+    connect = connect_options(a)
+    with contextlib.ExitStack() as stack:
+        if not connect.servers:
+            from .server import EmbeddedServer
+
+            server = EmbeddedServer(a.store or _default_store())
+            server.start()
+            stack.callback(server.stop)
+            connect = connect.model_copy(update={"servers": [server.url]})
+        store = NatsStore(connect)
+        try:
+            await store.start()
+            return await fn(store)
+        finally:
+            # our own close is no news ("nats: disconnected" is the store's warning for it)
+            logging.getLogger("hvfs.store.nats").setLevel(logging.ERROR)
+            await store.close()
+
+
+def _settle(a: argparse.Namespace) -> int:
+    import trio
+
+    from .settle import Outcome, Settler
+
+    config = load_config(a.config)
+    st = _settle_config(config, a)
+    logging.getLogger("nats").setLevel(logging.CRITICAL)
+
+    async def run(store: Any) -> Outcome:
+        return await Settler(store, config, st, a.paths).settle()
+
+    out = trio.run(_with_store, a, run)
+    print(out.commit or "nothing changed")
+    if out.note:
+        print(f"hvfs: {out.note}", file=sys.stderr)
+    return 0
+
+
+def _restore(a: argparse.Namespace) -> int:
+    import trio
+
+    from .settle import RestoreLine, restore
+
+    config = load_config(a.config)
+    if not config.bindings:
+        raise Invalid("restore: the config binds no KV path; give --config, the file the tree was settled with")
+    st = _settle_config(config, a)
+    writer = a.writer or config.writer or "hvfs-restore"
+    logging.getLogger("nats").setLevel(logging.CRITICAL)
+
+    async def run(store: Any) -> list[RestoreLine]:
+        return await restore(store, config, st, rev=a.rev, only=a.paths, dry_run=a.dry_run, writer=writer)
+
+    lines = trio.run(_with_store, a, run)
+    counts: dict[str, int] = {}
+    for line in lines:
+        print(line)
+        counts[line.action] = counts.get(line.action, 0) + 1
+    print("hvfs: " + (", ".join(f"{n} {k}" for k, n in counts.items()) or "nothing to restore"), file=sys.stderr)
+    return 0

@@ -30,7 +30,8 @@ from .entities import resolve_schema
 from .errors import Invalid
 
 __all__ = [
-    "Binding", "ConnectOptions", "MountConfig", "QueueBinding", "StreamBinding", "load_config", "load_context",
+    "Binding", "ConnectOptions", "MountConfig", "QueueBinding", "SettleConfig", "SettlePath", "StreamBinding",
+    "check_branch", "load_config", "load_context",
 ]
 
 _BUCKET_RE = re.compile(r"^[a-zA-Z0-9_-]+$")
@@ -41,6 +42,7 @@ _WRITER_RE = re.compile(r"^[!-9;-~]{1,128}$")  # printable ASCII but space and '
 _RAW_DIRS = ("kv", "streams")  # the raw view's top-level directories
 
 Format = Literal["raw", "yaml", "json"]
+SettlePolicy = Literal["full", "digest", "never", "overlay"]
 Storage = Literal["file", "memory"]
 Loc = tuple[str | int, ...]
 
@@ -300,6 +302,107 @@ class QueueBinding(BaseModel):
         return v
 
 
+_AUTHOR_RE = re.compile(r"^[^<>\n]*[^<>\s] <[^<>\n]*>$")
+_BAD_REF_CHARS = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]")
+
+
+def check_branch(name: str) -> str:
+    """Why ``name`` is no branch git takes (git check-ref-format's rules), or ""."""
+    if not name:
+        return "a branch name cannot be empty"
+    if name.startswith("refs/"):
+        return f"{name!r} is a ref, not a branch name (give the part after refs/heads/)"
+    if name == "@" or "@{" in name or ".." in name or "//" in name or _BAD_REF_CHARS.search(name):
+        return f"{name!r} is not a branch name (no '..', '@{{', spaces, control characters or ~^:?*[\\)"
+    if name.startswith(("/", "-")) or name.endswith(("/", ".")):
+        return f"{name!r} is not a branch name (it cannot start with '/' or '-', or end with '/' or '.')"
+    for part in name.split("/"):
+        if part.startswith(".") or part.endswith(".lock"):
+            return f"{name!r} is not a branch name (no component may start with '.' or end with '.lock')"
+    return ""
+
+
+class SettlePath(BaseModel):
+    """One subtree settled to git, and how (docs/settle.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: str
+    policy: SettlePolicy = Field("full", description="full: every key as the file the mount shows; digest: a "
+                                 "stream's messages as one markdown file per thread; overlay: an overlay "
+                                 "binding's settle_fields applied to the issues it binds; never: kept out")
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, v: str) -> str:
+        return _norm_path(v)
+
+
+class SettleConfig(BaseModel):
+    """Settlement to git: which paths, into which repository and branch (docs/settle.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    repo: str | None = Field(None, description="the git repository (bare or not); relative: to the working "
+                             "directory; unset: hvfs settle --repo")
+    branch: str = "main"
+    dir: str = Field("", description="directory inside the repository the paths settle under; '': the root")
+    author: str = Field("hvfs <hvfs@localhost>", description="author and committer, 'Name <email>'")
+    message: str = Field("hvfs: settle", description="the commit message's first line")
+    interval: float = Field(0.0, ge=0, description="seconds between the mount's settlements; 0: only hvfs settle")
+    remote: str | None = Field(None, description="a repository path or URL each settlement is pushed to")
+    paths: list[SettlePath] = Field(default_factory=list,
+                                    description="default: every KV binding and stream binding, policy full")
+
+    @field_validator("branch")
+    @classmethod
+    def _branch(cls, v: str) -> str:
+        why = check_branch(v)
+        if why:
+            raise ValueError(why)
+        return v
+
+    @field_validator("dir")
+    @classmethod
+    def _dir(cls, v: str) -> str:
+        parts = [p for p in v.strip("/").split("/") if p]
+        if any(p in (".", "..", ".git") for p in parts):
+            raise ValueError(f"bad directory {v!r} (no '.', '..' or '.git' parts)")
+        return "/".join(parts)
+
+    @field_validator("author")
+    @classmethod
+    def _author(cls, v: str) -> str:
+        if not _AUTHOR_RE.match(v):
+            raise ValueError(f"bad author {v!r}: expected 'Name <email>'")
+        return v
+
+    @field_validator("message")
+    @classmethod
+    def _message(cls, v: str) -> str:
+        if not v.strip() or "\0" in v:
+            raise ValueError("the commit message cannot be empty or hold NUL")
+        return v
+
+    @field_validator("repo", "remote")
+    @classmethod
+    def _nonempty(cls, v: str | None) -> str | None:
+        if v is not None and not v.strip():
+            raise ValueError("cannot be empty (leave it out instead)")
+        return v
+
+    @model_validator(mode="after")
+    def _check(self) -> SettleConfig:
+        if self.interval > 0 and self.repo is None:
+            raise _At(("repo",), "a periodic settlement (interval > 0) needs repo")
+        seen: dict[str, int] = {}
+        for i, sp in enumerate(self.paths):
+            if sp.path in seen:
+                raise _At(("paths", i, "path"), f"path {sp.path} is already paths[{seen[sp.path]}]")
+            seen[sp.path] = i
+        return self
+
+
 def _loc_str(loc: Loc) -> str:
     out = ""
     for x in loc:
@@ -318,6 +421,7 @@ class MountConfig(BaseModel):
     raw: bool = Field(True, description="also show kv/<bucket>/ for every bucket and streams/")
     writer: str | None = Field(None, description="the writer identity put on every write")
     meta: str | None = Field(None, description="where the mount shows its read-only _meta/ directory")
+    settle: SettleConfig | None = Field(None, description="settlement of chosen paths to git (docs/settle.md)")
 
     @field_validator("writer")
     @classmethod
@@ -358,7 +462,35 @@ class MountConfig(BaseModel):
                     raise _At((*at, "refs", field), f"{target} is not the path of a KV binding")
         self._same("bindings", "kv", "bucket", ("history", "replicas", "max_value_size", "storage", "max_age"))
         self._same("streams", "stream", "stream", ("subjects", "max_age", "max_msg_size", "replicas", "storage"))
+        if self.settle is not None:
+            self.check_settle(self.settle)
         return self
+
+    def check_settle(self, st: SettleConfig) -> None:
+        """Each settled path is a KV or stream binding's; digest is for streams, overlay for typed KV.
+        ValueError (an ``_At``, whose ``loc`` is below the config) otherwise."""
+        kv = {b.path: b for b in self.bindings}
+        streams = {s.path: s for s in self.streams if s.path is not None}
+        policies = {sp.path: sp.policy for sp in st.paths}
+        for i, sp in enumerate(st.paths):
+            at: Loc = ("settle", "paths", i)
+            if sp.path not in kv and sp.path not in streams:
+                raise _At((*at, "path"), f"{sp.path} is not the path of a KV or stream binding")
+            if sp.policy == "digest" and sp.path not in streams:
+                raise _At((*at, "policy"), f"digest is for stream bindings; {sp.path} is a KV binding")
+            if sp.policy == "overlay":
+                b = kv.get(sp.path)
+                if b is None or b.format == "raw":
+                    raise _At((*at, "policy"), f"overlay is for typed KV bindings (an overlay schema); "
+                                               f"{sp.path} is not one")
+                target = b.refs.get("issue_id")
+                if target is None:
+                    raise _At((*at, "policy"), f"overlay: binding {sp.path} has no refs issue_id: the "
+                                               "issues its overlays apply to")
+                if kv[target].format == "raw":
+                    raise _At((*at, "policy"), f"overlay: the issues at {target} are not typed")
+                if policies.get(target, "never") != "full":
+                    raise _At((*at, "policy"), f"overlay: the issues at {target} must settle with policy full")
 
     def _same(self, where: str, key: str, what: str, attrs: tuple[str, ...]) -> None:
         """Bindings of one bucket (stream) must agree on how it is created: there is one."""

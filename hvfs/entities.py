@@ -26,6 +26,7 @@ from pydantic import (
     Field,
     PlainSerializer,
     StringConstraints,
+    model_validator,
 )
 
 from .errors import Invalid
@@ -145,6 +146,18 @@ class Overlay(_Entity):
     overlay_status: str | None = None
     overlay_assignee: str | None = None
     last_activity: UtcDatetime = Field(default_factory=_now)
+    #: issue fields a settlement to git takes from this overlay: ``status`` sets the
+    #: settled issue's status to ``overlay_status`` (docs/settle.md, policy overlay)
+    settle_fields: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _settle_fields(self) -> Overlay:
+        for name in self.settle_fields:
+            if f"overlay_{name}" not in type(self).model_fields:
+                have = ", ".join(n.removeprefix("overlay_") for n in type(self).model_fields
+                                 if n.startswith("overlay_"))
+                raise ValueError(f"settle_fields: {name!r} has no overlay_{name} field (have: {have})")
+        return self
 
 
 class QueueEntry(_Entity):

@@ -22,7 +22,7 @@ import pyfuse3
 import trio
 
 from .config import ConnectOptions, MountConfig
-from .errors import HvfsError, Unavailable
+from .errors import HvfsError, Invalid, Unavailable
 from .fuse.notifier import Notifier
 from .fuse.ops import Operations
 from .server import EmbeddedServer
@@ -188,9 +188,23 @@ async def _serve(opts: MountOptions, ready: Callable[[], None] | None, state: di
             # stops before the unmount above; may abort a request it left pending
             stack.callback(notifier.stop, lambda: abort_fuse_connection(conn))
             core.tree.listeners.append(notifier.enqueue)
+        settle = opts.config.settle
+        settler = None
+        if settle is not None and settle.repo is not None:
+            from .settle import Settler
+
+            try:
+                settler = Settler(store, opts.config, settle)
+            except Invalid:
+                if settle.interval > 0:  # a periodic settler with nothing to settle: say so at start
+                    raise
+            else:
+                core.extra_status["settle"] = settler.status
         async with trio.open_nursery() as nursery:
             if core.kv_dir is not None or core.streams.bound:
                 await nursery.start(core.poll_buckets)
+            if settler is not None and settle is not None and settle.interval > 0:
+                await nursery.start(settler.run, settle.interval)
             log.info("mounted %s", opts.mountpoint)
             state["mounted"] = True
             if ready is not None:

@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export DEBIAN_FRONTEND=noninteractive
 need=()
-for p in fuse3 libfuse3-dev pkg-config attr inotify-tools procps gcc python3-dev python3-venv; do
+for p in fuse3 libfuse3-dev pkg-config attr inotify-tools procps gcc python3-dev python3-venv git; do
   dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
 done
 if [ ${#need[@]} -gt 0 ]; then

@@ -74,7 +74,8 @@ def test_field_order_is_the_seeds() -> None:
     assert list(Claim.model_fields) == ["type", "id", "issue_id", "agent_id", "claimed_at", "claim_type"]
     assert list(Comment.model_fields) == [
         "type", "id", "issue_id", "author", "body", "created_at", "settle_policy"]
-    assert list(Overlay.model_fields) == ["type", "issue_id", "overlay_status", "overlay_assignee", "last_activity"]
+    assert list(Overlay.model_fields) == ["type", "issue_id", "overlay_status", "overlay_assignee", "last_activity",
+                                          "settle_fields"]
     assert list(QueueEntry.model_fields) == ["type", "id", "issues", "updated_at"]
     assert list(ExternalLink.model_fields) == [
         "type", "id", "issue_id", "github_issue", "github_pr", "linear_issue", "slack_thread"]

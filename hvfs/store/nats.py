@@ -93,6 +93,7 @@ class NatsStore:
     """Store interface on a real NATS connection (see hvfs.store.base.Store)."""
 
     def __init__(self, opts: ConnectOptions) -> None:
+        self._closing = False  # close() began: its disconnect is not reported
         self.opts = opts
         self.timeout = opts.timeout
         self.state = StoreState(server=",".join(opts.servers))
@@ -192,6 +193,7 @@ class NatsStore:
         self.state.connected = False
 
     async def _close(self) -> None:
+        self._closing = True  # the disconnect that follows is ours, not news
         for q in list(self._queues):
             with contextlib.suppress(Exception):
                 await q._stop()
@@ -221,7 +223,8 @@ class NatsStore:
 
     async def _on_disconnected(self) -> None:
         self.state.connected = False
-        log.warning("nats: disconnected")
+        if not self._closing:
+            log.warning("nats: disconnected")
 
     async def _on_reconnected(self) -> None:
         self.state.connected = True

@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 
 import trio
 
@@ -92,6 +93,8 @@ class Vfs:
             self.kv_dir = self.tree.mkdirs("kv")
             self.buckets = BucketsProvider(self.sv, self.kv, self.kv_dir)
             StreamsProvider(self.sv, self.streams, self.tree.mkdirs("streams"))
+        #: more sections of the status, each rendered when read (the mount's settler: "settle")
+        self.extra_status: dict[str, Callable[[], object]] = {}
         self.control = ControlProvider(self.sv, self.render_status)
         if self.config.meta:
             MetaProvider(self.sv, self.config.meta, self.status, self.layout.describe())
@@ -484,6 +487,8 @@ class Vfs:
         notifier = m.group("notifier")
         if notifier:
             doc["notifier"] = notifier
+        for name, section in self.extra_status.items():
+            doc[name] = section()
         return doc
 
 
