@@ -1,4 +1,4 @@
-"""``hvfs`` command line: mount, umount, status, settle, restore."""
+"""``hvfs`` command line: mount, umount, status, settle, restore, doctor."""
 
 from __future__ import annotations
 
@@ -53,13 +53,13 @@ def _parser() -> argparse.ArgumentParser:
     m = sub.add_parser("mount", help="mount NATS at MOUNTPOINT (foreground unless --daemon)")
     m.add_argument("mountpoint")
     _connection_flags(m)
-    m.add_argument("--config", help="mount config file (YAML): paths bound to buckets, streams and work "
-                   "queues, with formats, schemas and TTLs; missing buckets and streams are created "
-                   "(docs/config.md, examples/fleet.yml)")
+    m.add_argument("--config", help="mount config file (YAML; env HVFS_CONFIG): paths bound to buckets, "
+                   "streams and work queues, with formats, schemas and TTLs; missing buckets and streams "
+                   "are created (docs/config.md, examples/fleet.yml)")
     m.add_argument("--store", help="store dir of the embedded nats-server (default ~/.local/share/hvfs/nats)")
     m.add_argument("--read-only", action="store_true", help="refuse every write with EROFS")
-    m.add_argument("--writer", help="name put on every write (header Hvfs-Writer, user.hvfs.writer); "
-                   "default: the config's writer, else the NATS user, else the host name")
+    m.add_argument("--writer", help="name put on every write (header Hvfs-Writer, user.hvfs.writer; "
+                   "env HVFS_WRITER); default: the config's writer, else the NATS user, else the host name")
     m.add_argument("--allow-other", action="store_true", default=None,
                    help="let other users see the mount (default: on when run as root)")
     m.add_argument("--no-notify", action="store_true",
@@ -67,6 +67,10 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--daemon", action="store_true", help="run in the background once mounted")
     m.add_argument("--log-file", help="log here (default: stderr; with --daemon: STORE/../hvfs.log)")
     m.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    m.add_argument("--log-json", action="store_true",
+                   help="log one JSON object per line (time, level, logger, message, extra fields)")
+    m.add_argument("--metrics", metavar="ADDR", help="serve Prometheus metrics at http://ADDR/metrics "
+                   "while mounted, e.g. 127.0.0.1:9464 (default: off; docs/operations.md)")
     m.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
 
     u = sub.add_parser("umount", help="unmount MOUNTPOINT (fusermount3 -u)")
@@ -90,6 +94,13 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--rev", help="commit, branch or tag to restore (default: the settle branch)")
     r.add_argument("--dry-run", action="store_true", help="print what would be written; write nothing")
     r.add_argument("--writer", help="name put on every write (default: the config's writer, else hvfs-restore)")
+
+    d = sub.add_parser("doctor", help="check FUSE, the NATS server and a config's buckets and streams; "
+                       "one line per check with how to fix it (docs/operations.md)")
+    _connection_flags(d)
+    d.add_argument("--config", help="mount config file: check that its buckets and streams exist "
+                   "or can be made, with matching settings (nothing is created)")
+    d.add_argument("--allow-other", action="store_true", help="check what --allow-other needs too")
     return p
 
 
@@ -132,6 +143,10 @@ def main(argv: list[str] | None = None) -> int:
             return _settle(a)
         if a.cmd == "restore":
             return _restore(a)
+        if a.cmd == "doctor":
+            from .doctor import doctor
+
+            return doctor(a, connect_options(a))
     except HvfsError as e:
         print(f"hvfs: {e.reason}", file=sys.stderr)
         return 2
@@ -144,21 +159,28 @@ def _mount(a: argparse.Namespace) -> int:
     from .mount import MountOptions, check_mountpoint, default_store_dir
 
     connect = connect_options(a)
+    a.config = a.config or _env("HVFS_CONFIG")
+    a.writer = a.writer or _env("HVFS_WRITER")
     config = load_config(a.config)
     check_mountpoint(a.mountpoint)
+    if a.metrics:
+        from .metrics import parse_listen
+
+        try:
+            parse_listen(a.metrics)
+        except ValueError as e:
+            raise Invalid(str(e)) from None
     if a.daemon:
         return _daemonize(a)
-    logging.basicConfig(
-        level=getattr(logging, a.log_level),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        filename=a.log_file,
-    )
+    from .logs import setup
+
+    setup(a.log_level, a.log_file, a.log_json)
     logging.getLogger("nats").setLevel(logging.CRITICAL)  # reported through our callbacks
     allow_other = a.allow_other if a.allow_other is not None else os.geteuid() == 0
     opts = MountOptions(
         mountpoint=os.path.abspath(a.mountpoint), connect=connect, config=config,
         store_dir=a.store or default_store_dir(), read_only=a.read_only, allow_other=allow_other,
-        notify=not a.no_notify, writer=a.writer,
+        notify=not a.no_notify, writer=a.writer, metrics=a.metrics,
     )
 
     def ready() -> None:

@@ -576,10 +576,11 @@ def load_context(name: str | None) -> dict[str, str]:
     """
     base = Path(os.environ.get("XDG_CONFIG_HOME", Path.home() / ".config")) / "nats"
     if not name:
-        sel = base / "context.txt"
-        if not sel.exists():
+        try:
+            # An unreadable config dir (another user's HOME) is no context chosen.
+            name = (base / "context.txt").read_text().strip()
+        except OSError:
             return {}
-        name = sel.read_text().strip()
         if not name:
             return {}
     path = base / "context" / f"{name}.json"

@@ -1,7 +1,8 @@
 """Start-up and shut-down of one mount: server, store, core, FUSE, signals.
 
 One trio nursery owns every task; the only threads are the NATS loop (owned
-by the store) and the kernel notifier. Everything started here is stopped
+by the store), the kernel notifier and, with ``--metrics``, the metrics HTTP
+server (trio's worker threads also run the settler's git I/O). Everything started here is stopped
 here, in reverse order, also when start-up fails half way.
 """
 
@@ -14,6 +15,7 @@ import logging
 import os
 import signal
 import socket
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +31,7 @@ from .server import EmbeddedServer
 from .store.nats import NatsStore
 from .vfs.core import Vfs
 
-__all__ = ["MountOptions", "check_mountpoint", "run_mount"]
+__all__ = ["MountOptions", "check_mountpoint", "fd_mountpoint", "run_mount"]
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +49,27 @@ class MountOptions:
     notify: bool = True
     debug_fuse: bool = False
     writer: str | None = None  # --writer; None: the config's, else the NATS user, else the host name
+    metrics: str | None = None  # --metrics HOST:PORT: serve Prometheus text there while mounted
+
+
+def fd_mountpoint(path: str) -> int | None:
+    """N when ``path`` is ``/dev/fd/N``: a /dev/fuse descriptor a privileged helper opened and
+    mounted (libfuse serves it as is, and mounts nothing; docs/deployment.md)."""
+    head, _, n = path.rpartition("/")
+    return int(n) if head == "/dev/fd" and n.isdigit() else None
 
 
 def check_mountpoint(path: str) -> None:
+    fd = fd_mountpoint(path)
+    if fd is not None:
+        # No directory to check and no /dev/fuse needed: the mount exists; the fd must be its device.
+        try:
+            st = os.fstat(fd)
+        except OSError:
+            raise HvfsError(f"{path}: file descriptor {fd} is not open (hvfs must inherit it)") from None
+        if not stat.S_ISCHR(st.st_mode) or (os.major(st.st_rdev), os.minor(st.st_rdev)) != (10, 229):
+            raise HvfsError(f"{path}: file descriptor {fd} is not /dev/fuse")
+        return
     p = Path(path)
     if not p.exists():
         raise HvfsError(f"{path}: mountpoint does not exist")
@@ -124,6 +144,10 @@ async def run_mount(opts: MountOptions, ready: Callable[[], None] | None = None)
     stopped); once mounted, it ends ``pyfuse3.main`` and unmounts.
     """
     check_mountpoint(opts.mountpoint)
+    if opts.notify and fd_mountpoint(opts.mountpoint) is not None:
+        # The notifier repeats changes through the mountpoint's path, which a /dev/fd mount hides.
+        log.info("%s: no kernel notifier (the mountpoint's path is unknown)", opts.mountpoint)
+        opts.notify = False
     state = {"mounted": False}
     try:
         async with trio.open_nursery() as outer:
@@ -188,6 +212,8 @@ async def _serve(opts: MountOptions, ready: Callable[[], None] | None, state: di
             # stops before the unmount above; may abort a request it left pending
             stack.callback(notifier.stop, lambda: abort_fuse_connection(conn))
             core.tree.listeners.append(notifier.enqueue)
+        if opts.metrics:
+            _serve_metrics(stack, core, opts.metrics)
         settle = opts.config.settle
         settler = None
         if settle is not None and settle.repo is not None:
@@ -212,6 +238,24 @@ async def _serve(opts: MountOptions, ready: Callable[[], None] | None, state: di
             await pyfuse3.main()
             nursery.cancel_scope.cancel()
         log.info("unmounting %s", opts.mountpoint)
+
+
+def _serve_metrics(stack: contextlib.AsyncExitStack, core: Vfs, addr: str) -> None:
+    """The Prometheus endpoint: prometheus_client's server thread, stopped at unmount."""
+    from .metrics import serve_http
+
+    try:
+        server = serve_http(core.metrics, addr)
+    except (OSError, ValueError) as e:
+        why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        raise Invalid(f"--metrics {addr}: cannot serve metrics there: {why}") from None
+
+    def stop() -> None:
+        server.shutdown()
+        server.server_close()
+
+    stack.callback(stop)
+    log.info("metrics on http://%s/metrics", addr)
 
 
 async def _signals(startup: trio.CancelScope, state: dict[str, bool]) -> None:

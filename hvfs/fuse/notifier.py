@@ -66,11 +66,16 @@ class Notifier:
         self._thread = threading.Thread(target=self._run, name="hvfs-notifier", daemon=True)
         self._ready = threading.Event()
         m = self.metrics = metrics or Metrics()
-        for name, help in (("queued", "changes queued for the kernel"), ("done", "changes the kernel heard"),
-                           ("failed", "changes that could not be repeated"),
-                           ("coalesced", "modifies merged while behind"), ("max_queue", "longest queue seen")):
-            m.counter(f"notifier.{name}", help)
-        m.gauge("notifier.queue", self.queue_length, "changes waiting for the kernel")
+        for name, help, prom in (
+                ("queued", "changes queued for the kernel", None),
+                ("done", "changes the kernel heard (invalidations and their events)",
+                 "hvfs_notifier_invalidations"),
+                ("failed", "changes that could not be repeated", "hvfs_notifier_failures"),
+                ("coalesced", "modifies merged while behind", None)):
+            m.counter(f"notifier.{name}", help, prom)
+        m.counter("notifier.max_queue", "longest queue seen", "hvfs_notifier_queue_depth_max", peak=True)
+        m.gauge("notifier.queue", self.queue_length, "changes waiting for the kernel",
+                "hvfs_notifier_queue_depth")
         self.lag_ms: deque[float] = deque(maxlen=1000)
 
     # -- lifecycle (trio thread) -----------------------------------------------
@@ -131,6 +136,7 @@ class Notifier:
                 item = self._q.popleft()
             t0 = time.monotonic()
             self.selfops.current = (item.parent_ino, item.name, item.node, item.what)
+            item.node.inval_at = float("inf")  # attribute replies made meanwhile may be dropped
             try:
                 self._apply(item)
                 self.metrics.inc("notifier.done")
@@ -143,6 +149,9 @@ class Notifier:
                 self.metrics.inc("notifier.failed")
                 log.exception("notifier %s %r", item.what, item.path)
             finally:
+                # The kernel's size for the inode is whatever it makes of this: unknown here.
+                item.node.told = -1
+                item.node.inval_at = time.monotonic()
                 self.selfops.current = None
                 key = (item.parent_ino, item.name)
                 g = self.selfops.gone.get(key)

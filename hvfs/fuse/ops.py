@@ -15,6 +15,7 @@ import os
 import stat
 import time
 from collections.abc import Callable, Coroutine
+from contextvars import ContextVar
 from typing import Any, ParamSpec, TypeVar
 
 import pyfuse3
@@ -31,6 +32,12 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 _QUIET = {errno.ENOENT, errno.ENODATA, errno.EEXIST, errno.EOPNOTSUPP}
+#: when the request being answered reached this process (each request is its own trio task)
+_RECEIVED: ContextVar[float] = ContextVar("hvfs_request_received", default=0.0)
+#: how long a request may wait in the kernel's queue before this process reads it:
+#: an attribute reply to a request made before an invalidation of its inode is
+#: dropped by the kernel, so its size is not taken as the kernel's (see attrs)
+QUEUE_SLACK = 0.05
 _UNCACHED = (Kind.CTRL, Kind.REV, Kind.LOG, Kind.PUB)
 DIR_MODE = 0o755
 #: pyfuse3 does not pass the kernel's "now" flag on: a time this close to now is taken as UTIME_NOW
@@ -43,28 +50,39 @@ def _is_now(mtime_ns: int) -> bool:
 
 
 def _fuse(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[Any, Any, R]]:
+    op = fn.__name__
+
     @functools.wraps(fn)
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        t0 = time.perf_counter()
+        _RECEIVED.set(time.monotonic())
+        err = 0
         try:
             return await fn(*args, **kwargs)
-        except pyfuse3.FUSEError:
+        except pyfuse3.FUSEError as e:
+            err = e.errno
             raise
         except HvfsError as e:
             err = errno_of(e)
             if err not in _QUIET:
                 self = args[0]
                 assert isinstance(self, Operations)
-                where = self.where(fn.__name__, args[1:])
-                self.core.errors.add(fn.__name__, where, err, e.reason)
-                log.info("%s %s: %s (%s)", fn.__name__, where, e.reason, errno.errorcode.get(err))
+                where = self.where(op, args[1:])
+                self.core.errors.add(op, where, err, e.reason)
+                log.info("%s %s: %s (%s)", op, where, e.reason, errno.errorcode.get(err))
             raise pyfuse3.FUSEError(err) from None
         except Exception as e:
+            err = errno.EIO
             self = args[0]
             assert isinstance(self, Operations)
-            where = self.where(fn.__name__, args[1:])
-            log.exception("%s %s failed unexpectedly", fn.__name__, where)
-            self.core.errors.add(fn.__name__, where, errno.EIO, f"internal error: {type(e).__name__}: {e}")
+            where = self.where(op, args[1:])
+            log.exception("%s %s failed unexpectedly", op, where)
+            self.core.errors.add(op, where, errno.EIO, f"internal error: {type(e).__name__}: {e}")
             raise pyfuse3.FUSEError(errno.EIO) from None
+        finally:
+            self = args[0]
+            assert isinstance(self, Operations)
+            self.counted(op, time.perf_counter() - t0, err)
 
     return wrapper
 
@@ -89,6 +107,14 @@ class Operations(pyfuse3.Operations):
         self.gid = os.getgid()
         self._dirs: dict[int, list[tuple[bytes, Node]]] = {}
         self._next_dir = 1
+
+    def counted(self, op: str, seconds: float, err: int) -> None:
+        """One answered request in the metrics: its count, its time, its errno if any."""
+        m = self.core.metrics
+        m.labelled("fuse.requests").labels(op).inc()
+        m.histogram("fuse.request_seconds").labels(op).observe(seconds)
+        if err:
+            m.labelled("fuse.errors").labels(op, errno.errorcode.get(err, str(err))).inc()
 
     def where(self, op: str, args: tuple[Any, ...]) -> str:
         """The mount path a request is about, for .hvfs/errors and the log."""
@@ -133,7 +159,11 @@ class Operations(pyfuse3.Operations):
             a.st_mode = stat.S_IFREG | self.file_mode(node)
             a.st_nlink = 1 if node.linked or node.kind is Kind.REV else 0
             a.st_size = self.core.size_of(node)
-            node.told = a.st_size  # what the kernel's size for the inode now is
+            # What the kernel's size for the inode now is, unless an invalidation of the
+            # inode may have come between this request's making and its answer: then the
+            # kernel drops these attributes, and its size is not known here.
+            trusted = node.inval_at < _RECEIVED.get() - QUEUE_SLACK
+            node.told = a.st_size if trusted else -1
         a.st_uid = self.uid
         a.st_gid = self.gid
         ns = int(node.mtime * 1e9)

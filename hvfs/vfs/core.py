@@ -433,25 +433,39 @@ class Vfs:
     # -- status -----------------------------------------------------------------------
 
     def _register_metrics(self) -> None:
+        """Everything the mount counts, under its status name and its Prometheus name
+        (docs/operations.md lists them)."""
         m = self.metrics
-        for name, help in (("opens", "files opened"), ("reads", "read requests"),
-                           ("publishes", "revisions and messages this mount published"),
-                           ("conflicts", "compare-and-swap writes that lost"),
-                           ("changes_seen", "changes the watches reported")):
-            m.counter(f"vfs.{name}", help)
+        for name, help, prom in (("opens", "files opened", None), ("reads", "read requests", None),
+                                 ("publishes", "revisions and messages this mount published", None),
+                                 ("conflicts", "compare-and-swap writes that lost", "hvfs_cas_conflicts"),
+                                 ("refused", "writes a typed binding refused (EINVAL)", "hvfs_refused_writes"),
+                                 ("changes_seen", "changes the watches reported", "hvfs_watch_changes")):
+            m.counter(f"vfs.{name}", help, prom)
         st = self.store.state
-        m.gauge("nats.connected", lambda: st.connected, "connected to NATS")
-        m.gauge("nats.calls", lambda: st.calls, "NATS calls made")
-        m.gauge("nats.errors", lambda: st.errors, "NATS calls that failed (answers such as no such key excluded)")
-        m.gauge("nats.timeouts", lambda: st.timeouts, "NATS calls that ran past --timeout")
-        m.gauge("nats.reconnects", lambda: st.reconnects, "reconnects to NATS")
-        m.gauge("vfs.keys", self.kv.key_count, "keys shown")
-        m.gauge("vfs.inodes", lambda: len(self.tree.nodes), "inodes held")
-        m.gauge("vfs.open_handles", lambda: len(self.handles), "open files")
-        m.gauge("vfs.messages", self.streams.message_count, "stream messages shown")
-        m.gauge("conflicts.held", lambda: len(self.conflicts.items), "conflict files kept")
-        m.gauge("conflicts.total", lambda: self.conflicts.total, "conflict files made")
-        m.gauge("errors.total", lambda: self.errors.total, "errors returned with a reason")
+        m.gauge("nats.connected", lambda: st.connected, "connected to NATS (1) or not (0)")
+        m.gauge("nats.calls", lambda: st.calls, "NATS calls made", counter=True)
+        m.gauge("nats.errors", lambda: st.errors, "NATS calls that failed (answers such as no such key excluded)",
+                counter=True)
+        m.gauge("nats.timeouts", lambda: st.timeouts, "NATS calls that ran past --timeout", counter=True)
+        m.gauge("nats.reconnects", lambda: st.reconnects, "reconnects to NATS", counter=True)
+        m.gauge("vfs.keys", self.kv.key_count, "keys shown", "hvfs_keys")
+        m.gauge("vfs.inodes", lambda: len(self.tree.nodes), "inodes held", "hvfs_inodes")
+        m.gauge("vfs.open_handles", lambda: len(self.handles), "open files", "hvfs_open_handles")
+        m.gauge("vfs.messages", self.streams.message_count, "stream messages shown", "hvfs_stream_messages")
+        m.gauge("conflicts.held", lambda: len(self.conflicts.items), "conflict files kept",
+                "hvfs_conflict_files")
+        m.gauge("conflicts.total", lambda: self.conflicts.total, "conflict files made",
+                "hvfs_conflict_files_made", counter=True)
+        m.gauge("errors.total", lambda: self.errors.total, "errors returned with a reason",
+                "hvfs_errors_reported", counter=True)
+        m.labelled("fuse.requests", "FUSE requests answered, by operation", ["op"])
+        m.labelled("fuse.errors", "FUSE requests answered with an error, by operation and errno",
+                   ["op", "errno"])
+        m.histogram("fuse.request_seconds", "time to answer a FUSE request, by operation", ["op"])
+        m.histogram("watch.lag_seconds", "from a change's NATS timestamp to this mount applying it",
+                    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                             60.0))
 
     def render_status(self) -> bytes:
         """``.hvfs/status``: JSON."""
@@ -480,7 +494,7 @@ class Vfs:
             "nats": {k: m.value(f"nats.{k}") for k in ("calls", "errors", "timeouts", "reconnects")}
             | {"last_error": st.last_error},
             "counters": {k: m.value(f"vfs.{k}") for k in
-                         ("opens", "reads", "publishes", "conflicts", "changes_seen")},
+                         ("opens", "reads", "publishes", "conflicts", "refused", "changes_seen")},
             "conflicts": {"held": m.value("conflicts.held"), "total": m.value("conflicts.total")},
             "errors_total": m.value("errors.total"),
         }

@@ -182,6 +182,7 @@ class KvProvider(Provider):
             else:
                 assert isinstance(item, KvChange)
                 self.sv.metrics.inc("vfs.changes_seen")
+                self.sv.metrics.observe("watch.lag_seconds", max(0.0, time.time() - item.time))
                 for v in views:
                     v.apply(item.key, item.op is not Op.PUT, item.revision, item.size, item.time)
                 self.sv.events.add(item)
@@ -397,6 +398,7 @@ class KvProvider(Provider):
                     current = await self.safe_current(view, node.key)
             self.sv.fail(h, e, data, view.bucket, current)
             if isinstance(e, Invalid):
+                self.sv.metrics.inc("vfs.refused")
                 await self._refused(h, e)
             raise
         self.sv.metrics.inc("vfs.publishes")

@@ -310,6 +310,8 @@ class StreamProvider(Provider):
             p = await view.policy.on_write(node, data)
             seq = await self.sv.store.publish(node.key, p.value, view.name, h.msg_id, headers=p.headers)
         except HvfsError as e:
+            if isinstance(e, Invalid):
+                self.sv.metrics.inc("vfs.refused")
             if final or isinstance(e, Invalid):
                 # Given up (a refusal will not change by retrying): the bytes are kept,
                 # the handle is done, and the draft's name leaves the directory.

@@ -49,7 +49,7 @@ class Node:
         "ino", "kind", "name", "parent", "children", "view", "key", "revision",
         "size", "mtime", "ctime", "nlookup", "local", "linked", "render", "data",
         "stream", "queue", "told", "cached_rev", "cached_open", "cached_size", "settling", "provider",
-        "shown_rev", "ttl",
+        "shown_rev", "ttl", "inval_at",
     )
 
     def __init__(self, ino: int, kind: Kind, name: bytes, parent: Node | None) -> None:
@@ -81,6 +81,8 @@ class Node:
         self.shown_rev = 0
         #: the per-message TTL of the revision this mount last read (None: none or unknown)
         self.ttl: float | None = None
+        #: monotonic time the notifier last finished invalidating this inode (inf: doing it now)
+        self.inval_at = 0.0
         #: the hvfs.vfs.provider.Provider that owns this node (inherited from the parent)
         self.provider: Any = parent.provider if parent is not None else None
 
