@@ -64,6 +64,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="let other users see the mount (default: on when run as root)")
     m.add_argument("--no-notify", action="store_true",
                    help="no kernel notifier: no inotify events for remote changes, no kernel caching")
+    m.add_argument("--binding", choices=["pyfuse3", "mfusepy"], default="pyfuse3",
+                   help="kernel binding: pyfuse3 (libfuse3, default) or mfusepy (libfuse's high-level "
+                   "API: FUSE-T on macOS; no kernel notifier, caches last 1 s; docs/macos.md)")
     m.add_argument("--daemon", action="store_true", help="run in the background once mounted")
     m.add_argument("--log-file", help="log here (default: stderr; with --daemon: STORE/../hvfs.log)")
     m.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
@@ -162,7 +165,7 @@ def _mount(a: argparse.Namespace) -> int:
     a.config = a.config or _env("HVFS_CONFIG")
     a.writer = a.writer or _env("HVFS_WRITER")
     config = load_config(a.config)
-    check_mountpoint(a.mountpoint)
+    check_mountpoint(a.mountpoint, a.binding)
     if a.metrics:
         from .metrics import parse_listen
 
@@ -180,7 +183,7 @@ def _mount(a: argparse.Namespace) -> int:
     opts = MountOptions(
         mountpoint=os.path.abspath(a.mountpoint), connect=connect, config=config,
         store_dir=a.store or default_store_dir(), read_only=a.read_only, allow_other=allow_other,
-        notify=not a.no_notify, writer=a.writer, metrics=a.metrics,
+        notify=not a.no_notify, writer=a.writer, metrics=a.metrics, binding=a.binding,
     )
 
     def ready() -> None:
@@ -238,9 +241,11 @@ def _default_store() -> str:
 
 
 def _umount(mountpoint: str) -> int:
-    r = subprocess.run(["fusermount3", "-u", mountpoint], capture_output=True, text=True)
+    # macOS (FUSE-T) has no fusermount3: umount(8) is how a user unmounts there.
+    cmd = ["umount", mountpoint] if sys.platform == "darwin" else ["fusermount3", "-u", mountpoint]
+    r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode != 0:
-        print(f"hvfs: {r.stderr.strip() or 'fusermount3 failed'}", file=sys.stderr)
+        print(f"hvfs: {r.stderr.strip() or cmd[0] + ' failed'}", file=sys.stderr)
         return 2
     return 0
 

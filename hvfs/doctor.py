@@ -21,6 +21,7 @@ from typing import Any, Literal, TextIO
 
 from .config import ConnectOptions, MountConfig, load_config
 from .errors import HvfsError, NotFound
+from .store.rules import shown_servers
 
 __all__ = ["Check", "doctor"]
 
@@ -41,7 +42,11 @@ class Check:
 
 def local_checks(allow_other: bool) -> list[Check]:
     out: list[Check] = []
-    if not os.path.exists("/dev/fuse"):
+    if sys.platform == "darwin":
+        # FUSE-T has no /dev/fuse: it serves the mount over NFS (docs/macos.md).
+        out.append(Check("warn", "macOS: /dev/fuse checks skipped",
+                         "install FUSE-T and mount with --binding mfusepy (docs/macos.md)"))
+    elif not os.path.exists("/dev/fuse"):
         out.append(Check("FAIL", "/dev/fuse is missing",
                          "load the fuse module (modprobe fuse); in a container pass --device /dev/fuse"))
     else:
@@ -54,8 +59,9 @@ def local_checks(allow_other: bool) -> list[Check]:
         else:
             out.append(Check("ok", "/dev/fuse present and openable"))
     fm = shutil.which("fusermount3")
-    out.append(Check("ok", f"fusermount3 at {fm}") if fm else
-               Check("FAIL", "fusermount3 not on PATH", "install fuse3 (apt install fuse3)"))
+    if sys.platform != "darwin":  # macOS unmounts with umount(8)
+        out.append(Check("ok", f"fusermount3 at {fm}") if fm else
+                   Check("FAIL", "fusermount3 not on PATH", "install fuse3 (apt install fuse3)"))
     if allow_other:
         if os.geteuid() == 0:
             out.append(Check("ok", "allow_other: running as root"))
@@ -101,7 +107,7 @@ async def server_checks(connect: ConnectOptions, config: MountConfig) -> list[Ch
     from .vfs.layout import Layout
 
     out: list[Check] = []
-    where = ",".join(connect.servers)
+    where = shown_servers(connect.servers)
     store = NatsStore(connect)
     try:
         try:

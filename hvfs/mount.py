@@ -4,6 +4,11 @@ One trio nursery owns every task; the only threads are the NATS loop (owned
 by the store), the kernel notifier and, with ``--metrics``, the metrics HTTP
 server (trio's worker threads also run the settler's git I/O). Everything started here is stopped
 here, in reverse order, also when start-up fails half way.
+
+The kernel binding is pyfuse3 (libfuse3's low-level API, requests as trio tasks) unless
+``--binding mfusepy`` (``hvfs.fuse.mfuse``: libfuse's high-level API, for FUSE-T on macOS).
+That binding adds one thread, mfusepy's blocking loop, started and stopped here; its libfuse
+worker threads submit every request to this trio loop. It has no kernel notifier.
 """
 
 from __future__ import annotations
@@ -16,22 +21,25 @@ import os
 import signal
 import socket
 import stat
-from collections.abc import Callable
+import sys
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pyfuse3
 import trio
 
 from .config import ConnectOptions, MountConfig
 from .errors import HvfsError, Invalid, Unavailable
-from .fuse.notifier import Notifier
-from .fuse.ops import Operations
 from .server import EmbeddedServer
 from .store.nats import NatsStore
 from .vfs.core import Vfs
 
-__all__ = ["MountOptions", "check_mountpoint", "fd_mountpoint", "run_mount"]
+__all__ = ["BINDINGS", "MountOptions", "check_mountpoint", "fd_mountpoint", "run_mount"]
+
+#: a binding's loop: mounted(), then serve until stopped (state["stop"]) or unmounted
+ServeFuse = Callable[[Callable[[], None]], Awaitable[None]]
+#: the kernel bindings ``--binding`` chooses from; the first is the default
+BINDINGS = ("pyfuse3", "mfusepy")
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +58,7 @@ class MountOptions:
     debug_fuse: bool = False
     writer: str | None = None  # --writer; None: the config's, else the NATS user, else the host name
     metrics: str | None = None  # --metrics HOST:PORT: serve Prometheus text there while mounted
+    binding: str = "pyfuse3"  # --binding: pyfuse3 (libfuse3 low-level) or mfusepy (high-level, FUSE-T)
 
 
 def fd_mountpoint(path: str) -> int | None:
@@ -59,8 +68,11 @@ def fd_mountpoint(path: str) -> int | None:
     return int(n) if head == "/dev/fd" and n.isdigit() else None
 
 
-def check_mountpoint(path: str) -> None:
+def check_mountpoint(path: str, binding: str = "pyfuse3") -> None:
     fd = fd_mountpoint(path)
+    if fd is not None and binding != "pyfuse3":
+        raise HvfsError(f"{path}: --binding {binding} cannot serve a /dev/fd/N mount (libfuse2's "
+                        "high-level API mounts by itself); use the default binding")
     if fd is not None:
         # No directory to check and no /dev/fuse needed: the mount exists; the fd must be its device.
         try:
@@ -77,6 +89,8 @@ def check_mountpoint(path: str) -> None:
         raise HvfsError(f"{path}: mountpoint is not a directory")
     if os.path.ismount(path):
         raise HvfsError(f"{path}: something is already mounted there")
+    if binding == "mfusepy" and sys.platform == "darwin":
+        return  # FUSE-T has no /dev/fuse: it serves the mount over NFS (docs/macos.md)
     if not os.access("/dev/fuse", os.R_OK | os.W_OK):
         raise HvfsError("/dev/fuse is not available (FUSE missing or no permission)")
 
@@ -141,14 +155,14 @@ async def run_mount(opts: MountOptions, ready: Callable[[], None] | None = None)
     """Mount and serve until SIGINT/SIGTERM or ``hvfs umount``; raise HvfsError on bad start.
 
     A signal during start-up cancels it (everything started so far is
-    stopped); once mounted, it ends ``pyfuse3.main`` and unmounts.
+    stopped); once mounted, it ends the binding's loop and unmounts.
     """
-    check_mountpoint(opts.mountpoint)
+    check_mountpoint(opts.mountpoint, opts.binding)
     if opts.notify and fd_mountpoint(opts.mountpoint) is not None:
         # The notifier repeats changes through the mountpoint's path, which a /dev/fd mount hides.
         log.info("%s: no kernel notifier (the mountpoint's path is unknown)", opts.mountpoint)
         opts.notify = False
-    state = {"mounted": False}
+    state: dict[str, object] = {"mounted": False}
     try:
         async with trio.open_nursery() as outer:
             outer.start_soon(_signals, outer.cancel_scope, state)
@@ -165,7 +179,7 @@ async def run_mount(opts: MountOptions, ready: Callable[[], None] | None = None)
         raise
 
 
-async def _serve(opts: MountOptions, ready: Callable[[], None] | None, state: dict[str, bool]) -> None:
+async def _serve(opts: MountOptions, ready: Callable[[], None] | None, state: dict[str, object]) -> None:
     async with contextlib.AsyncExitStack() as stack:
         connect = opts.connect
         if not connect.servers:
@@ -182,36 +196,10 @@ async def _serve(opts: MountOptions, ready: Callable[[], None] | None, state: di
                    writer=default_writer(opts))
         stack.push_async_callback(core.close)
         await core.start()
-        if not opts.notify:
-            # Without the notifier nothing invalidates the kernel's caches.
-            opts.entry_timeout = opts.attr_timeout = 0.0
-        ops = Operations(core, entry_timeout=opts.entry_timeout, attr_timeout=opts.attr_timeout)
-        options = set(pyfuse3.default_options)
-        options |= {"fsname=hvfs", "subtype=hvfs"}
-        if opts.allow_other:
-            options.add("allow_other")
-        if opts.debug_fuse:
-            options.add("debug")
-        try:
-            pyfuse3.init(ops, opts.mountpoint, options)
-        except RuntimeError as e:
-            raise Unavailable(f"{opts.mountpoint}: cannot mount: {e}") from e
-        unmounted = False
-
-        def close_fuse() -> None:
-            nonlocal unmounted
-            if not unmounted:
-                unmounted = True
-                pyfuse3.close(unmount=True)
-
-        stack.callback(close_fuse)
-        conn = fuse_connection(opts.mountpoint)
-        if opts.notify:
-            notifier = Notifier(opts.mountpoint, core.echo, core.listed, core.metrics)
-            notifier.start()
-            # stops before the unmount above; may abort a request it left pending
-            stack.callback(notifier.stop, lambda: abort_fuse_connection(conn))
-            core.tree.listeners.append(notifier.enqueue)
+        if opts.binding == "mfusepy":
+            serve_fuse = _mfusepy(opts, core, state)
+        else:
+            serve_fuse = _pyfuse3(opts, core, state, stack)
         if opts.metrics:
             _serve_metrics(stack, core, opts.metrics)
         settle = opts.config.settle
@@ -231,13 +219,87 @@ async def _serve(opts: MountOptions, ready: Callable[[], None] | None, state: di
                 await nursery.start(core.poll_buckets)
             if settler is not None and settle is not None and settle.interval > 0:
                 await nursery.start(settler.run, settle.interval)
-            log.info("mounted %s", opts.mountpoint)
-            state["mounted"] = True
-            if ready is not None:
-                ready()
-            await pyfuse3.main()
+
+            def mounted() -> None:
+                log.info("mounted %s", opts.mountpoint)
+                state["mounted"] = True
+                if ready is not None:
+                    ready()
+
+            await serve_fuse(mounted)
             nursery.cancel_scope.cancel()
         log.info("unmounting %s", opts.mountpoint)
+
+
+def _mfusepy(opts: MountOptions, core: Vfs, state: dict[str, object]) -> ServeFuse:
+    """The mfusepy binding (hvfs.fuse.mfuse): mounts when served, unmounts before it returns."""
+    from .fuse.mfuse import MfuseMount, fuse_options
+
+    if opts.notify:
+        log.info("%s: no kernel notifier with --binding mfusepy (caches last at most 1 s)", opts.mountpoint)
+    stop = trio.Event()
+    state["stop"] = stop.set
+
+    def abort(conn: int | None) -> bool:
+        if conn is None or not os.path.exists(f"/sys/fs/fuse/connections/{conn}/abort"):
+            return False  # no fusectl (macOS, or not mounted in this container)
+        abort_fuse_connection(conn)
+        return True
+
+    fuse = MfuseMount(core, opts.mountpoint, fuse_options(opts.allow_other, opts.debug_fuse),
+                      connection=lambda: fuse_connection(opts.mountpoint), abort=abort)
+
+    async def serve(mounted: Callable[[], None]) -> None:
+        await fuse.serve(mounted, stop)
+
+    return serve
+
+
+def _pyfuse3(opts: MountOptions, core: Vfs, state: dict[str, object],
+             stack: contextlib.AsyncExitStack) -> ServeFuse:
+    """The pyfuse3 binding and its kernel notifier: mounted here, unmounted by ``stack``."""
+    import pyfuse3
+
+    from .fuse.notifier import Notifier
+    from .fuse.ops import Operations
+
+    state["stop"] = pyfuse3.terminate
+    if not opts.notify:
+        # Without the notifier nothing invalidates the kernel's caches.
+        opts.entry_timeout = opts.attr_timeout = 0.0
+    ops = Operations(core, entry_timeout=opts.entry_timeout, attr_timeout=opts.attr_timeout)
+    options = set(pyfuse3.default_options)
+    options |= {"fsname=hvfs", "subtype=hvfs"}
+    if opts.allow_other:
+        options.add("allow_other")
+    if opts.debug_fuse:
+        options.add("debug")
+    try:
+        pyfuse3.init(ops, opts.mountpoint, options)
+    except RuntimeError as e:
+        raise Unavailable(f"{opts.mountpoint}: cannot mount: {e}") from e
+    unmounted = False
+
+    def close_fuse() -> None:
+        nonlocal unmounted
+        if not unmounted:
+            unmounted = True
+            pyfuse3.close(unmount=True)
+
+    stack.callback(close_fuse)
+    conn = fuse_connection(opts.mountpoint)
+    if opts.notify:
+        notifier = Notifier(opts.mountpoint, core.echo, core.listed, core.metrics)
+        notifier.start()
+        # stops before the unmount above; may abort a request it left pending
+        stack.callback(notifier.stop, lambda: abort_fuse_connection(conn))
+        core.tree.listeners.append(notifier.enqueue)
+
+    async def serve(mounted: Callable[[], None]) -> None:
+        mounted()
+        await pyfuse3.main()
+
+    return serve
 
 
 def _serve_metrics(stack: contextlib.AsyncExitStack, core: Vfs, addr: str) -> None:
@@ -258,11 +320,12 @@ def _serve_metrics(stack: contextlib.AsyncExitStack, core: Vfs, addr: str) -> No
     log.info("metrics on http://%s/metrics", addr)
 
 
-async def _signals(startup: trio.CancelScope, state: dict[str, bool]) -> None:
+async def _signals(startup: trio.CancelScope, state: dict[str, object]) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
         async for _ in signals:
-            if state["mounted"]:
-                pyfuse3.terminate()
+            stop = state.get("stop")
+            if state["mounted"] and callable(stop):
+                stop()
             else:
                 startup.cancel()
             return

@@ -6,7 +6,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export DEBIAN_FRONTEND=noninteractive
 need=()
-for p in fuse3 libfuse3-dev pkg-config attr inotify-tools procps gcc python3-dev python3-venv git; do
+# libfuse2 (libfuse2t64 from Debian 13): what mfusepy (--binding mfusepy, FUSE-T's API) loads
+# on Linux; it coexists with fuse3
+fuse2=libfuse2
+if apt-cache show libfuse2t64 >/dev/null 2>&1; then fuse2=libfuse2t64; fi
+for p in fuse3 libfuse3-dev "$fuse2" pkg-config attr inotify-tools procps gcc python3-dev python3-venv git; do
   dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
 done
 if [ ${#need[@]} -gt 0 ]; then

@@ -227,3 +227,31 @@ def history(raw: RawNats, bucket: str, key: str) -> list[Rev]:
             seq = int(m.seq) + 1
 
     return raw.run(run())
+
+
+def race_exclusive_creates(dirs: list[Path], n: int, name: str = "lock") -> list[Any]:
+    """``n`` threads create ``name`` with O_EXCL at once, alternating over ``dirs`` (one
+    directory on each of several mounts); each winner writes "winner I". One result per
+    thread: "won", or the errno its open failed with."""
+    barrier = threading.Barrier(n)
+    results: list[Any] = [None] * n
+
+    def claim(i: int) -> None:
+        barrier.wait(5)
+        try:
+            fd = os.open(dirs[i % len(dirs)] / name, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except OSError as e:
+            results[i] = e.errno
+            return
+        try:
+            os.write(fd, f"winner {i}\n".encode())
+        finally:
+            os.close(fd)
+        results[i] = "won"
+
+    threads = [threading.Thread(target=claim, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(15)
+    return results

@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from .helpers import Mount, RawNats, history, wait_for
+from .helpers import Mount, RawNats, history, race_exclusive_creates, wait_for
 
 _names = itertools.count()
 
@@ -594,29 +594,7 @@ def test_excl_race_across_two_mounts_has_one_winner(mnt, mnt2, raw, bucket):
     dirs = [kvdir(mnt, bucket), kvdir(mnt2, bucket)]
     for d in dirs:
         assert d.is_dir()
-    n = 20
-    barrier = threading.Barrier(n)
-    results: list[Any] = [None] * n
-
-    def claim(i: int) -> None:
-        path = dirs[i % 2] / "lock"
-        barrier.wait(5)
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except OSError as e:
-            results[i] = e.errno
-            return
-        try:
-            os.write(fd, f"winner {i}\n".encode())
-        finally:
-            os.close(fd)
-        results[i] = "won"
-
-    threads = [threading.Thread(target=claim, args=(i,)) for i in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(15)
+    results = race_exclusive_creates(dirs, 20)
     assert results.count("won") == 1, results
     assert all(r == errno.EEXIST for r in results if r != "won"), results
     winner = results.index("won")

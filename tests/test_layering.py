@@ -1,4 +1,4 @@
-"""The layers stay layers: who may import nats-py and pyfuse3, and no import circles.
+"""The layers stay layers: who may import nats-py, pyfuse3 and mfusepy, and no import circles.
 
 Pure code (tier 1): reads the package's sources with ``ast``, imports nothing.
 Imports inside functions count too: a lazy import is still a dependency.
@@ -18,6 +18,8 @@ ALLOWED = {
     "asyncio": {"hvfs.store.nats", "hvfs.store.natssubs"},
     # git: the settlement's one module (hvfs.settle stays free of nats-py and pyfuse3 above)
     "dulwich": {"hvfs.settle.git"},
+    # the second kernel binding (libfuse's high-level API, for FUSE-T on macOS)
+    "mfusepy": {"hvfs.fuse.mfuse"},
 }
 
 

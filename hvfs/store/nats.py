@@ -67,6 +67,7 @@ from .rules import (
     kv_delta_complete,
     op_of,
     pattern_covers,
+    shown_servers,
     subjects_overlap,
     write_headers,
 )
@@ -96,7 +97,7 @@ class NatsStore:
         self._closing = False  # close() began: its disconnect is not reported
         self.opts = opts
         self.timeout = opts.timeout
-        self.state = StoreState(server=",".join(opts.servers))
+        self.state = StoreState(server=shown_servers(opts.servers))
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._run_loop, name="hvfs-nats", daemon=True)
         self._token: trio.lowlevel.TrioToken | None = None
@@ -175,12 +176,12 @@ class NatsStore:
             self._nc = await asyncio.wait_for(nats.connect(**kw), self.timeout + 2)
         except Exception as e:
             why = self.state.last_error or str(e) or type(e).__name__
-            raise Unavailable(f"cannot connect to NATS at {','.join(o.servers)}: {why}") from e
+            raise Unavailable(f"cannot connect to NATS at {shown_servers(o.servers)}: {why}") from e
         self._js = self._nc.jetstream(timeout=self.timeout)
         try:
             await self._js.account_info()
         except Exception as e:
-            raise Unavailable(f"NATS at {','.join(o.servers)} has no JetStream: {e or type(e).__name__}") from e
+            raise Unavailable(f"NATS at {shown_servers(o.servers)} has no JetStream: {e or type(e).__name__}") from e
         self.state.connected = True
 
     async def close(self) -> None:

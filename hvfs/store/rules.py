@@ -16,7 +16,7 @@ __all__ = [
     "DIRECT_GET_HEADERS", "EXPECTED_LAST", "EXPECTED_STREAM", "KV_OP", "MARKER_REASON", "MAX_SUBJECT", "MSG_TTL",
     "cas_header_bytes", "check_bucket", "check_filter", "check_headers", "check_key", "check_limits", "check_new_bucket",
     "check_stream", "check_subject", "differences", "get_subject", "go_duration", "hdr_size", "kv_delta_complete",
-    "literal_error", "op_of", "pattern_covers", "subject_matches", "subjects_overlap", "ttl_seconds",
+    "literal_error", "op_of", "pattern_covers", "shown_servers", "subject_matches", "subjects_overlap", "ttl_seconds",
     "write_header_bytes", "write_headers",
 ]
 
@@ -134,6 +134,11 @@ def subjects_overlap(p: str, q: str) -> bool:
         if x is None or y is None or (x != y and "*" not in (x, y)):
             return False
     return True
+
+
+def shown_servers(servers: list[str]) -> str:
+    """Server URLs for status and messages, with any user:password@ in them masked."""
+    return ",".join(re.sub(r"//[^/@]*@", "//***@", s) for s in servers)
 
 
 def hdr_size(headers: dict[str, str]) -> int:
