@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import errno
 import json
 import logging
 import os
 import signal
 import socket
 import stat
+import subprocess
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -82,6 +84,7 @@ def check_mountpoint(path: str, binding: str = "pyfuse3") -> None:
         if not stat.S_ISCHR(st.st_mode) or (os.major(st.st_rdev), os.minor(st.st_rdev)) != (10, 229):
             raise HvfsError(f"{path}: file descriptor {fd} is not /dev/fuse")
         return
+    detach_dead_mount(path)
     p = Path(path)
     if not p.exists():
         raise HvfsError(f"{path}: mountpoint does not exist")
@@ -93,6 +96,42 @@ def check_mountpoint(path: str, binding: str = "pyfuse3") -> None:
         return  # FUSE-T has no /dev/fuse: it serves the mount over NFS (docs/macos.md)
     if not os.access("/dev/fuse", os.R_OK | os.W_OK):
         raise HvfsError("/dev/fuse is not available (FUSE missing or no permission)")
+
+
+def _mount_type(path: str) -> str | None:
+    """The filesystem type mounted at ``path`` (from mountinfo: no syscall on the path), or None."""
+    target = os.path.abspath(path)
+    try:
+        with open("/proc/self/mountinfo") as f:
+            found = None
+            for line in f:
+                parts = line.split()
+                if parts[4] == target and " - " in line:
+                    found = line.split(" - ", 1)[1].split()[0]  # the last mount there wins
+            return found
+    except (OSError, IndexError):
+        return None
+
+
+def detach_dead_mount(path: str) -> None:
+    """An hvfs mount whose daemon died (kill -9, OOM) answers ENOTCONN and the kernel
+    cannot hand it to a new process: detach it (lazily) so a new mount can take its place.
+    Only hvfs mounts are touched, and only dead ones."""
+    if _mount_type(path) != "fuse.hvfs":
+        return
+    try:
+        # A listing is always a request to the daemon (a stat may be answered from the
+        # kernel's cached attributes even when the daemon is gone).
+        os.listdir(path)
+        return  # it answers: alive (check_mountpoint reports it as mounted)
+    except OSError as e:
+        if e.errno != errno.ENOTCONN:
+            return
+    r = subprocess.run(["fusermount3", "-u", "-z", path], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise HvfsError(f"{path}: a dead hvfs mount is there and cannot be detached "
+                        f"({r.stderr.strip() or 'fusermount3 failed'}); run fusermount3 -u -z {path}")
+    log.warning("%s: detached a dead hvfs mount (its daemon had died)", path)
 
 
 def creds_user(path: str | None) -> str | None:

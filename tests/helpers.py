@@ -119,7 +119,11 @@ class Mount:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise AssertionError(f"hvfs mount exited {self.proc.returncode}: {self.log.read_text()[-2000:]}")
-            if is_mounted(self.mountpoint) and (self.mountpoint / ".hvfs" / "status").exists():
+            try:
+                up = is_mounted(self.mountpoint) and (self.mountpoint / ".hvfs" / "status").exists()
+            except OSError:
+                up = False  # a dead mount there (ENOTCONN) until the new one takes its place
+            if up:
                 return self
             time.sleep(0.02)
         self.stop()
