@@ -98,26 +98,28 @@ def check_mountpoint(path: str, binding: str = "pyfuse3") -> None:
         raise HvfsError("/dev/fuse is not available (FUSE missing or no permission)")
 
 
-def _mount_type(path: str) -> str | None:
-    """The filesystem type mounted at ``path`` (from mountinfo: no syscall on the path), or None."""
+def _mountinfo(path: str) -> tuple[str, str] | None:
+    """(device "major:minor", filesystem type) of the mount at ``path``, the topmost if
+    several; read from /proc, not stat(): the mount may not answer (or answer ourselves)."""
     target = os.path.abspath(path)
+    found = None
     try:
         with open("/proc/self/mountinfo") as f:
-            found = None
             for line in f:
                 parts = line.split()
                 if parts[4] == target and " - " in line:
-                    found = line.split(" - ", 1)[1].split()[0]  # the last mount there wins
-            return found
+                    found = (parts[2], line.split(" - ", 1)[1].split()[0])
     except (OSError, IndexError):
         return None
+    return found
 
 
 def detach_dead_mount(path: str) -> None:
     """An hvfs mount whose daemon died (kill -9, OOM) answers ENOTCONN and the kernel
     cannot hand it to a new process: detach it (lazily) so a new mount can take its place.
     Only hvfs mounts are touched, and only dead ones."""
-    if _mount_type(path) != "fuse.hvfs":
+    info = _mountinfo(path)
+    if info is None or info[1] != "fuse.hvfs":
         return
     try:
         # A listing is always a request to the daemon (a stat may be answered from the
@@ -158,20 +160,14 @@ def default_writer(opts: MountOptions) -> str:
 
 
 def fuse_connection(mountpoint: str) -> int | None:
-    """The FUSE connection number of a mount (its device minor), from mountinfo.
-
-    Read from /proc, not stat(): a stat would be a request to ourselves.
-    """
-    target = os.path.abspath(mountpoint)  # no syscalls: the mount may not answer yet
+    """The FUSE connection number of a mount (its device minor), from mountinfo."""
+    info = _mountinfo(mountpoint)
+    if info is None or not info[1].startswith("fuse"):
+        return None
     try:
-        with open("/proc/self/mountinfo") as f:
-            for line in f:
-                parts = line.split()
-                if parts[4] == target and " - fuse" in line:
-                    return int(parts[2].split(":")[1])
-    except (OSError, IndexError, ValueError):
-        pass
-    return None
+        return int(info[0].split(":")[1])
+    except (IndexError, ValueError):
+        return None
 
 
 def abort_fuse_connection(conn: int | None) -> None:

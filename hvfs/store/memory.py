@@ -79,8 +79,8 @@ from .rules import (
     go_duration,
     hdr_size,
     kv_delta_complete,
+    new_stream,
     op_of,
-    pattern_covers,
     subject_matches,
     subjects_overlap,
     write_headers,
@@ -680,25 +680,14 @@ class MemoryStore:
 
     async def create_stream(self, name: str, subjects: Sequence[str], *, max_age: float = 0.0,
                             max_msg_size: int = -1, replicas: int = 1, storage: str = "file") -> StreamInfo:
-        what = f"create stream {name}"
-        check_stream(name, what)
-        subjects = list(subjects)
-        if not subjects:
-            raise Invalid(f"{what}: a stream needs at least one subject")
-        check_limits(what, max_age=max_age, max_size=max_msg_size, replicas=replicas, storage=storage)
-        want = {"max_age": float(max_age), "max_msg_size": max_msg_size, "replicas": replicas, "storage": storage}
+        req = new_stream(name, subjects, max_age=max_age, max_msg_size=max_msg_size, replicas=replicas,
+                         storage=storage)
+        what, subjects = req.what, req.subjects
 
         def run() -> StreamInfo:
             old = self._streams.get(name)
             if old is not None:
-                si = old.info()
-                if [s for s in subjects if not any(pattern_covers(p, s) for p in si.subjects)]:
-                    raise Invalid(f"{what}: stream {name} exists with other subjects: {', '.join(si.subjects)} "
-                                  f"(asked {', '.join(subjects)})")
-                why = differences({k: getattr(si, k) for k in want}, want)
-                if why:
-                    raise Invalid(f"{what}: stream {name} exists with other settings: {why}")
-                return si
+                return req.existing(old.info())
             for st in self._streams.values():
                 if any(subjects_overlap(p, q) for p in st.subjects for q in subjects):
                     raise Invalid(f"{what}: another stream takes some of {', '.join(subjects)}")

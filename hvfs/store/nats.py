@@ -65,8 +65,8 @@ from .rules import (
     differences,
     hdr_size,
     kv_delta_complete,
+    new_stream,
     op_of,
-    pattern_covers,
     shown_servers,
     subjects_overlap,
     write_headers,
@@ -547,23 +547,9 @@ class NatsStore:
 
     async def create_stream(self, name: str, subjects: Sequence[str], *, max_age: float = 0.0,
                             max_msg_size: int = -1, replicas: int = 1, storage: str = "file") -> StreamInfo:
-        what = f"create stream {name}"
-        check_stream(name, what)
-        subjects = list(subjects)
-        if not subjects:
-            raise Invalid(f"{what}: a stream needs at least one subject")
-        check_limits(what, max_age=max_age, max_size=max_msg_size, replicas=replicas, storage=storage)
-        want = {"max_age": float(max_age), "max_msg_size": max_msg_size, "replicas": replicas, "storage": storage}
-
-        def existing(si: StreamInfo) -> StreamInfo:
-            missing = [s for s in subjects if not any(pattern_covers(p, s) for p in si.subjects)]
-            if missing:
-                raise Invalid(f"{what}: stream {name} exists with other subjects: {', '.join(si.subjects)} "
-                              f"(asked {', '.join(subjects)})")
-            why = differences({k: getattr(si, k) for k in want}, want)
-            if why:
-                raise Invalid(f"{what}: stream {name} exists with other settings: {why}")
-            return si
+        req = new_stream(name, subjects, max_age=max_age, max_msg_size=max_msg_size, replicas=replicas,
+                         storage=storage)
+        what, subjects, existing = req.what, req.subjects, req.existing
 
         async def run() -> StreamInfo:
             try:

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 from ..errors import Invalid, InvalidName, NameTooLong
 from .base import Op
@@ -15,7 +17,7 @@ from .base import Op
 __all__ = [
     "DIRECT_GET_HEADERS", "EXPECTED_LAST", "EXPECTED_STREAM", "KV_OP", "MARKER_REASON", "MAX_SUBJECT", "MSG_TTL",
     "cas_header_bytes", "check_bucket", "check_filter", "check_headers", "check_key", "check_limits", "check_new_bucket",
-    "check_stream", "check_subject", "differences", "get_subject", "go_duration", "hdr_size", "kv_delta_complete",
+    "NewStream", "check_stream", "check_subject", "differences", "get_subject", "go_duration", "hdr_size", "kv_delta_complete", "new_stream",
     "literal_error", "op_of", "pattern_covers", "shown_servers", "subject_matches", "subjects_overlap", "ttl_seconds",
     "write_header_bytes", "write_headers",
 ]
@@ -241,6 +243,37 @@ def kv_delta_complete(revision: int, first: int, last: int) -> bool:
     next sequence is not before the first) and it is not past the last (a stream of that
     name made again starts over)."""
     return revision == 0 or (first <= revision + 1 and revision <= last)
+
+
+@dataclass(frozen=True, slots=True)
+class NewStream:
+    """A ``create_stream`` request, checked before any request is made (both stores)."""
+
+    what: str
+    name: str
+    subjects: list[str]
+    want: dict[str, object]  # the settings StreamInfo must have
+
+    def existing(self, si: Any) -> Any:
+        """``si`` (a StreamInfo) if the stream there is the one asked for, else Invalid naming why."""
+        if [s for s in self.subjects if not any(pattern_covers(p, s) for p in si.subjects)]:
+            raise Invalid(f"{self.what}: stream {self.name} exists with other subjects: "
+                          f"{', '.join(si.subjects)} (asked {', '.join(self.subjects)})")
+        why = differences({k: getattr(si, k) for k in self.want}, self.want)
+        if why:
+            raise Invalid(f"{self.what}: stream {self.name} exists with other settings: {why}")
+        return si
+
+
+def new_stream(name: str, subjects: Sequence[str], *, max_age: float, max_msg_size: int, replicas: int,
+               storage: str) -> NewStream:
+    what = f"create stream {name}"
+    check_stream(name, what)
+    if not subjects:
+        raise Invalid(f"{what}: a stream needs at least one subject")
+    check_limits(what, max_age=max_age, max_size=max_msg_size, replicas=replicas, storage=storage)
+    return NewStream(what, name, list(subjects), {"max_age": float(max_age), "max_msg_size": max_msg_size,
+                                                  "replicas": replicas, "storage": storage})
 
 
 def differences(have: Mapping[str, object], want: Mapping[str, object]) -> str:

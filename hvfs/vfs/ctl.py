@@ -23,16 +23,10 @@ class ControlProvider(Provider):
         self.dir = tree.mkdirs(".hvfs")
         self.dir.provider = self
         self.conflicts_dir = tree.mkdirs(".hvfs/conflicts")
-        self._file(self.dir, b"status", render_status)
-        self._file(self.dir, b"errors", sv.errors.render)
-        self.events_node = self._file(self.dir, b"events", sv.events.render)
-        self._file(self.conflicts_dir, b"index", sv.conflicts.index)
-
-    def _file(self, parent: Node, name: bytes, render: Callable[[], bytes]) -> Node:
-        node = self.sv.tree.new(Kind.CTRL, name, parent)
-        node.render = render
-        self.sv.tree.attach(parent, node)
-        return node
+        self.rendered_file(self.dir, b"status", render_status)
+        self.rendered_file(self.dir, b"errors", sv.errors.render)
+        self.events_node = self.rendered_file(self.dir, b"events", sv.events.render)
+        self.rendered_file(self.conflicts_dir, b"index", sv.conflicts.index)
 
     def _sync_conflict_files(self) -> None:
         d = self.conflicts_dir
@@ -41,7 +35,7 @@ class ControlProvider(Provider):
         for name, c in conflicts.items.items():
             bname = name.encode()
             if bname not in d.children:
-                n = self._file(d, bname, functools.partial(bytes, c.data))
+                n = self.rendered_file(d, bname, functools.partial(bytes, c.data))
                 n.size = len(c.data)
         for bname in [k for k, n in d.children.items() if n.kind is Kind.CTRL and k != b"index"]:
             if bname.decode() not in conflicts.items:

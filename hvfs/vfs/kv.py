@@ -29,7 +29,6 @@ from ..errors import (
     NotFound,
     NotPermitted,
     NotSupported,
-    ReadOnly,
     TooLarge,
 )
 from ..store import RESYNC, SYNCED, KvChange, KvEntry, Op, Watch
@@ -192,9 +191,7 @@ class KvProvider(Provider):
 
     def writable_view(self, view: KvView) -> None:
         """EROFS on a read-only mount, and in a binding that is read-only."""
-        self.writable()
-        if self.policy(view).read_only:
-            raise ReadOnly(f"{display(view.root)} is read-only (its binding says so)")
+        self.writable(view.root, self.policy(view).read_only)
 
     def read_only(self, node: Node) -> bool:
         return node.view is not None and self.policy(node.view).read_only

@@ -18,7 +18,7 @@ from ..entities import SCHEMA_VERSION, SCHEMAS
 from ..errors import NotPermitted
 from .handles import Handle
 from .provider import Provider, Services
-from .tree import Kind, Node, display
+from .tree import Node, display
 
 __all__ = ["MetaProvider"]
 
@@ -40,17 +40,11 @@ class MetaProvider(Provider):
             return _yaml({"schema_version": SCHEMA_VERSION, "schemas": sorted(SCHEMAS),
                           "bindings": bindings})
 
-        self._file(self.dir, b"daemon.yml", daemon)
-        self._file(self.dir, b"schema-version.yml", version)
+        self.rendered_file(self.dir, b"daemon.yml", daemon)
+        self.rendered_file(self.dir, b"schema-version.yml", version)
         for name, model in sorted(SCHEMAS.items()):
             data = json_schema(model)
-            self._file(schemas, f"{name}.json".encode(), lambda data=data: data)  # type: ignore[misc]
-
-    def _file(self, parent: Node, name: bytes, render: Callable[[], bytes]) -> Node:
-        node = self.sv.tree.new(Kind.CTRL, name, parent)
-        node.render = render
-        self.sv.tree.attach(parent, node)
-        return node
+            self.rendered_file(schemas, f"{name}.json".encode(), lambda data=data: data)  # type: ignore[misc]
 
     def size(self, node: Node) -> int:
         return len(node.render()) if node.render is not None else 0

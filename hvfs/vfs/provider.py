@@ -20,7 +20,7 @@ from ..metrics import Metrics
 from ..store import Store
 from .control import Conflicts, ErrorLog, EventLog
 from .handles import Handle
-from .tree import Node, Tree, display
+from .tree import Kind, Node, Tree, display
 
 __all__ = ["Provider", "Services", "spliced"]
 
@@ -153,9 +153,19 @@ class Provider:
 
     # -- helpers for providers with writable handles -------------------------
 
-    def writable(self) -> None:
+    def writable(self, binding: Node | None = None, read_only: bool = False) -> None:
+        """EROFS on a read-only mount, and in a binding (rooted at ``binding``) that is read-only."""
         if self.sv.read_only:
             raise ReadOnly("mounted read-only")
+        if read_only and binding is not None:
+            raise ReadOnly(f"{display(binding)} is read-only (its binding says so)")
+
+    def rendered_file(self, parent: Node, name: bytes, render: Callable[[], bytes]) -> Node:
+        """A read-only file whose content ``render`` makes when it is read (.hvfs/, _meta/)."""
+        node = self.sv.tree.new(Kind.CTRL, name, parent)
+        node.render = render
+        self.sv.tree.attach(parent, node)
+        return node
 
     async def write_buffer(self, h: Handle, off: int, buf: bytes) -> int:
         """Apply a write to the handle's bytes; a growing size is checked (``check_size``)."""

@@ -26,7 +26,6 @@ from ..errors import (
     NotEmpty,
     NotFound,
     NotPermitted,
-    ReadOnly,
     TooLarge,
     errno_of,
 )
@@ -172,9 +171,7 @@ class StreamProvider(Provider):
                     await ev.wait()
 
     def writable_view(self, view: StreamView) -> None:
-        self.writable()
-        if view.policy.read_only:
-            raise ReadOnly(f"{display(view.root)} is read-only (its binding says so)")
+        self.writable(view.root, view.policy.read_only)
 
     def read_only(self, node: Node) -> bool:
         view: StreamView | None = node.stream
