@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .config import ConnectOptions, MountConfig, SettleConfig, load_config, load_context
+from .config import ConnectOptions, MountConfig, NatsConfig, SettleConfig, load_config, load_context
 from .errors import HvfsError, Invalid
 
 __all__ = ["main"]
@@ -27,23 +27,157 @@ def _env(name: str) -> str | None:
     return v or None
 
 
+#: Each connection setting: ConnectOptions field, flag (argparse dest), variable, nats context key.
+#: (``servers`` and the context name are picked apart: see connect_options.)
+_SETTINGS = (
+    ("user", "user", "NATS_USER", "user"),
+    ("password", "password", "NATS_PASSWORD", "password"),
+    ("token", "token", "NATS_TOKEN", "token"),
+    ("creds", "creds", "NATS_CREDS", "creds"),
+    ("nkey", "nkey", "NATS_NKEY", "nkey"),
+    ("tls_ca", "tlsca", "NATS_CA", "ca"),
+    ("tls_cert", "tlscert", "NATS_CERT", "cert"),
+    ("tls_key", "tlskey", "NATS_KEY", "key"),
+)
+_CONTEXT_FILES = ("creds", "nkey", "ca", "cert", "key")
+
+
 def connect_options(a: argparse.Namespace) -> ConnectOptions:
-    """Flags, then NATS_* variables, then the nats CLI context (ADR-21)."""
-    ctx = load_context(a.context or _env("NATS_CONTEXT"))
-    url = a.server or _env("NATS_URL") or ctx.get("url")
+    """Setting by setting: flags, then NATS_* variables, then the config's ``nats:`` section, then
+    the nats CLI context (ADR-21) that --context, NATS_CONTEXT, ``nats.context`` or context.txt names.
+
+    Also takes the secrets the command line gave out of this process's listing (_hide_secret_args).
+    """
+    _hide_secret_args(a)
+    section = _config_nats(a)
+    ctx = load_context(a.context or _env("NATS_CONTEXT") or section.context)
+    for k in _CONTEXT_FILES:
+        if k in ctx:
+            ctx[k] = os.path.expanduser(ctx[k])  # as the nats CLI reads them
+    url = a.server or _env("NATS_URL") or (",".join(section.url) if section.url else None) or ctx.get("url")
     servers = [s.strip() for s in url.split(",") if s.strip()] if url else []
-    return ConnectOptions(
-        servers=servers,
-        user=a.user or _env("NATS_USER") or ctx.get("user"),
-        password=a.password or _env("NATS_PASSWORD") or ctx.get("password"),
-        token=a.token or _env("NATS_TOKEN") or ctx.get("token"),
-        creds=a.creds or _env("NATS_CREDS") or ctx.get("creds"),
-        nkey=a.nkey or _env("NATS_NKEY") or ctx.get("nkey"),
-        tls_ca=a.tlsca or _env("NATS_CA") or ctx.get("ca"),
-        tls_cert=a.tlscert or _env("NATS_CERT") or ctx.get("cert"),
-        tls_key=a.tlskey or _env("NATS_KEY") or ctx.get("key"),
-        timeout=a.timeout,
-    )
+    picked = {field: getattr(a, flag) or _env(var) or getattr(section, field) or ctx.get(key)
+              for field, flag, var, key in _SETTINGS}
+    return ConnectOptions(servers=servers, timeout=a.timeout, **picked)
+
+
+def _config_nats(a: argparse.Namespace) -> NatsConfig:
+    """The ``nats:`` section of the config the command reads (--config; for mount also HVFS_CONFIG)."""
+    path = getattr(a, "config", None) or (_env("HVFS_CONFIG") if getattr(a, "cmd", None) == "mount" else None)
+    if not path:
+        return NatsConfig()
+    try:
+        return load_config(path).nats
+    except HvfsError:
+        if getattr(a, "cmd", None) == "doctor":
+            return NatsConfig()  # doctor reports a bad config as one of its checks
+        raise
+
+
+#: A secret the command line gave: the flag's option strings, its value, its variable.
+_Secret = tuple[tuple[str, ...], str, str]
+
+
+def _secrets_given(a: argparse.Namespace) -> list[_Secret]:
+    """The secrets on the command line, from the parsed flags."""
+    out: list[_Secret] = []
+    if getattr(a, "password", None):
+        out.append((("--password",), a.password, "NATS_PASSWORD"))
+    if getattr(a, "token", None):
+        out.append((("--token",), a.token, "NATS_TOKEN"))
+    if getattr(a, "server", None) and "@" in a.server:  # nats://user:secret@host
+        out.append((("--server", "-s"), a.server, "NATS_URL"))
+    return out
+
+
+def _flag_form(arg: str, names: tuple[str, ...]) -> int:
+    """How many arguments ``arg`` and its value take if ``arg`` is one of the flags ``names``
+    (2: ``--flag VALUE``; 1: ``--flag=VALUE`` or ``-sVALUE``), else 0. A long flag may be
+    abbreviated: argparse takes any unambiguous prefix."""
+    head, eq, _ = arg.partition("=")
+    for name in names:
+        if name.startswith("--"):
+            if len(head) > 2 and name.startswith(head):
+                return 1 if eq else 2
+        elif arg == name:
+            return 2
+        elif arg.startswith(name):
+            return 1
+    return 0
+
+
+def _secret_args(args: list[str], secrets: list[_Secret]) -> list[tuple[int, int, str]]:
+    """Where the secret flags are in ``args`` (hvfs's arguments, without the program): (index,
+    length, the flag's value)."""
+    out = []
+    i = 0
+    while i < len(args) and args[i] != "--":
+        n, value = next(((n, v) for names, v, _ in secrets if (n := _flag_form(args[i], names))), (0, ""))
+        if n:
+            out.append((i, min(n, len(args) - i), value))
+        i += max(n, 1)
+    return out
+
+
+def _value_head(arg: str, n: int) -> int:
+    """How much of the argument holding a flag's value is not the value: 0 for ``--flag VALUE``'s
+    VALUE; the flag and '=' of ``--flag=VALUE`` and ``-s=VALUE``; the ``-s`` of ``-sVALUE``."""
+    if n == 2:
+        return 0
+    if arg.startswith("--"):
+        return arg.index("=") + 1
+    return 3 if arg[2:3] == "=" else 2
+
+
+def _hide_secret_args(a: argparse.Namespace) -> None:
+    """Overwrite the secrets the command line holds (--password, --token, a URL with a password) in
+    this process's own argument memory, so that ``ps`` and /proc/PID/cmdline show ``***`` instead.
+
+    Linux only (/proc/self/stat says where the arguments are); elsewhere, a warning. Python keeps
+    its own copy (sys.argv), which --daemon reads to start the serving process without them.
+    """
+    secrets = _secrets_given(a)
+    if not secrets:
+        return
+    args = sys.argv[1:]
+    masks = []
+    for i, n, value in _secret_args(args, secrets):
+        j = i + n - 1  # the argument holding the value: the next one, or this one after its flag
+        head = _value_head(args[j], n)
+        if args[j][head:] == value:  # ``a`` was parsed from sys.argv (not so in a test)
+            masks.append((j, head))
+    if masks and not _overwrite_args(masks):
+        flags = ", ".join(names[0] for names, _, _ in secrets)
+        print(f"hvfs: warning: cannot hide the secret of {flags} from the process list here; give it in "
+              "a NATS_* variable or a file instead (docs/security.md)", file=sys.stderr)
+
+
+def _overwrite_args(masks: list[tuple[int, int]]) -> bool:
+    """In this process's command line as the kernel shows it, put ``***`` for the arguments
+    (index in sys.argv[1:], how many characters of it to keep); False if that memory is not found."""
+    import ctypes
+
+    try:
+        with open("/proc/self/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        start, end = int(fields[45]), int(fields[46])  # arg_start, arg_end (stat fields 48, 49)
+        with open("/proc/self/cmdline", "rb") as f:
+            shown = f.read()
+    except (OSError, IndexError, ValueError):
+        return False
+    if end <= start or ctypes.string_at(start, end - start) != shown:
+        return False  # not the memory the kernel shows (already rewritten?): leave it alone
+    parts = shown.rstrip(b"\0").split(b"\0")
+    ours = [os.fsencode(x) for x in sys.argv[1:]]
+    skip = len(parts) - len(ours)  # the interpreter and its options come first
+    if skip < 0 or parts[skip:] != ours:
+        return False
+    for j, keep in masks:
+        head = len(os.fsencode(sys.argv[1 + j][:keep]))
+        parts[skip + j] = parts[skip + j][:head] + b"*" * min(3, len(parts[skip + j]) - head)  # never longer
+    new = b"\0".join(parts) + b"\0"
+    ctypes.memmove(start, new.ljust(len(shown), b"\0"), len(shown))
+    return True
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -58,6 +192,13 @@ def _parser() -> argparse.ArgumentParser:
                    "are created (docs/config.md, examples/fleet.yml)")
     m.add_argument("--store", help="store dir of the embedded nats-server (default ~/.local/share/hvfs/nats)")
     m.add_argument("--read-only", action="store_true", help="refuse every write with EROFS")
+    m.add_argument("--offline", action="store_true",
+                   help="keep working while NATS is away: writes are spooled durably and applied "
+                   "(compare-and-swap) when it is back, reads of recently read keys come from memory "
+                   "(docs/offline.md)")
+    m.add_argument("--state-dir", help="local state of this mount (env HVFS_STATE_DIR): the spool of "
+                   "written bytes not yet in NATS, and .hvfs/conflicts/, kept across restarts "
+                   "(default ~/.local/state/hvfs/<mountpoint>; docs/errors.md)")
     m.add_argument("--writer", help="name put on every write (header Hvfs-Writer, user.hvfs.writer; "
                    "env HVFS_WRITER); default: the config's writer, else the NATS user, else the host name")
     m.add_argument("--allow-other", action="store_true", default=None,
@@ -119,14 +260,14 @@ def _repo_flags(p: argparse.ArgumentParser, config_help: str, branch_help: str) 
 
 
 def _connection_flags(m: argparse.ArgumentParser) -> None:
-    m.add_argument("--server", "-s", help="NATS URL(s), comma separated (env NATS_URL); "
-                   "none: start an embedded nats-server on loopback")
+    m.add_argument("--server", "-s", help="NATS URL(s), comma separated (env NATS_URL; the config's "
+                   "nats.url); none: start an embedded nats-server on loopback")
     m.add_argument("--context", help="nats CLI context name (env NATS_CONTEXT)")
     m.add_argument("--creds", help="credentials file (env NATS_CREDS)")
     m.add_argument("--nkey", help="nkey seed file (env NATS_NKEY)")
     m.add_argument("--user", help="user name (env NATS_USER)")
-    m.add_argument("--password", help="password (env NATS_PASSWORD)")
-    m.add_argument("--token", help="token (env NATS_TOKEN)")
+    m.add_argument("--password", help="password (env NATS_PASSWORD, preferred: docs/security.md)")
+    m.add_argument("--token", help="token (env NATS_TOKEN, preferred: docs/security.md)")
     m.add_argument("--tlsca", help="TLS CA file (env NATS_CA)")
     m.add_argument("--tlscert", help="TLS client certificate (env NATS_CERT)")
     m.add_argument("--tlskey", help="TLS client key (env NATS_KEY)")
@@ -164,6 +305,7 @@ def _mount(a: argparse.Namespace) -> int:
     connect = connect_options(a)
     a.config = a.config or _env("HVFS_CONFIG")
     a.writer = a.writer or _env("HVFS_WRITER")
+    a.state_dir = a.state_dir or _env("HVFS_STATE_DIR")
     config = load_config(a.config)
     check_mountpoint(a.mountpoint, a.binding)
     if a.metrics:
@@ -184,6 +326,7 @@ def _mount(a: argparse.Namespace) -> int:
         mountpoint=os.path.abspath(a.mountpoint), connect=connect, config=config,
         store_dir=a.store or default_store_dir(), read_only=a.read_only, allow_other=allow_other,
         notify=not a.no_notify, writer=a.writer, metrics=a.metrics, binding=a.binding,
+        state_dir=os.path.abspath(a.state_dir) if a.state_dir else None, offline=a.offline,
     )
 
     def ready() -> None:
@@ -206,15 +349,26 @@ def _mount(a: argparse.Namespace) -> int:
 
 
 def _daemonize(a: argparse.Namespace) -> int:
-    """Re-run in a new session, return once the child reports the mount ready."""
+    """Re-run in a new session, return once the child reports the mount ready.
+
+    The child gets the command line's secrets (--password, --token, a URL with a password) in its
+    environment (NATS_PASSWORD, NATS_TOKEN, NATS_URL), never in its arguments: a flag outranks
+    its variable, so without the flag the variable holds the same place.
+    """
     r, w = os.pipe()
-    argv = [a for a in sys.argv[1:] if a != "--daemon"]
+    argv = [x for x in sys.argv[1:] if x != "--daemon"]
+    env = dict(os.environ)
+    secrets = _secrets_given(a)
+    for i, n, _ in reversed(_secret_args(argv, secrets)):
+        del argv[i:i + n]
+    for _, value, var in secrets:
+        env[var] = value
     if argv and argv[0] != "mount":
         argv = ["mount", *argv]
     log_file = a.log_file or str(Path(a.store or _default_store()).parent / "hvfs.log")
     Path(log_file).parent.mkdir(parents=True, exist_ok=True)
     argv += ["--ready-fd", str(w), "--log-file", log_file] if not a.log_file else ["--ready-fd", str(w)]
-    proc = subprocess.Popen([sys.executable, "-m", "hvfs", *argv], pass_fds=(w,), start_new_session=True,
+    proc = subprocess.Popen([sys.executable, "-m", "hvfs", *argv], pass_fds=(w,), start_new_session=True, env=env,
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     os.close(w)
     deadline = time.monotonic() + 60

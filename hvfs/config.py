@@ -1,7 +1,8 @@
 """Connection settings and the mount config file (YAML, validated by pydantic).
 
-Connection settings follow the nats CLI: flags, then NATS_* environment
-variables, then a context file (NATS ADR-21) named by --context/NATS_CONTEXT
+Connection settings follow the nats CLI, setting by setting: flags, then
+NATS_* environment variables, then the mount config's ``nats:`` section, then
+a context file (NATS ADR-21) named by --context/NATS_CONTEXT/``nats.context``
 or the CLI's selected context.
 """
 
@@ -19,6 +20,7 @@ from pydantic import (
     ConfigDict,
     Field,
     PrivateAttr,
+    SecretStr,
     ValidationError,
     field_validator,
     model_validator,
@@ -30,7 +32,7 @@ from .entities import resolve_schema
 from .errors import Invalid
 
 __all__ = [
-    "Binding", "ConnectOptions", "MountConfig", "QueueBinding", "SettleConfig", "SettlePath", "StreamBinding",
+    "Binding", "ConnectOptions", "MountConfig", "NatsConfig", "QueueBinding", "SettleConfig", "SettlePath", "StreamBinding",
     "check_branch", "load_config", "load_context",
 ]
 
@@ -66,14 +68,64 @@ class ConnectOptions(BaseModel):
 
     servers: list[str] = Field(default_factory=list)
     user: str | None = None
-    password: str | None = None
-    token: str | None = None
+    password: SecretStr | None = None  # SecretStr: a repr or a log of these options shows '**********'
+    token: SecretStr | None = None
     creds: str | None = None
     nkey: str | None = None
     tls_ca: str | None = None
     tls_cert: str | None = None
     tls_key: str | None = None
     timeout: float = Field(2.0, gt=0, le=60, description="bound on every NATS call, seconds")
+
+
+class NatsConfig(BaseModel):
+    """The mount config's ``nats:`` section: below flags and NATS_* variables, above the nats context.
+
+    The TLS files are ``tls_*``, not the context's ``ca``/``cert``/``key``: in a
+    mount config a bare ``key`` reads as a KV key. Relative file paths are the
+    config file's directory's (``load_config`` resolves them).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: list[str] = Field(default_factory=list, description="NATS URL(s): a list, or one string, comma separated")
+    context: str | None = Field(None, description="a nats CLI context for the settings this section leaves out")
+    user: str | None = None
+    password: SecretStr | None = None
+    token: SecretStr | None = None
+    creds: str | None = Field(None, description="credentials file (JWT and nkey seed)")
+    nkey: str | None = Field(None, description="nkey seed file")
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+
+    _FILES: ClassVar[tuple[str, ...]] = ("creds", "nkey", "tls_ca", "tls_cert", "tls_key")
+
+    @field_validator("url", mode="before")
+    @classmethod
+    def _url(cls, v: Any) -> Any:
+        return [u.strip() for u in v.split(",")] if isinstance(v, str) else v
+
+    @field_validator("url")
+    @classmethod
+    def _urls(cls, v: list[str]) -> list[str]:
+        for i, u in enumerate(v):
+            if not u.strip():
+                raise _At((i,), "a URL cannot be empty")
+        return [u.strip() for u in v]
+
+    @field_validator("context", "user", "password", "token", "creds", "nkey", "tls_ca", "tls_cert", "tls_key")
+    @classmethod
+    def _nonempty(cls, v: str | SecretStr | None) -> str | SecretStr | None:
+        text = v.get_secret_value() if isinstance(v, SecretStr) else v
+        if text is not None and not text.strip():
+            raise ValueError("cannot be empty (leave it out instead)")
+        return v
+
+    def resolved(self, base: Path) -> NatsConfig:
+        """The same section with its file paths made absolute: ``~`` expanded, else below ``base``."""
+        update = {f: str(base / Path(v).expanduser()) for f in self._FILES if (v := getattr(self, f))}
+        return self.model_copy(update=update)
 
 
 def _norm_path(v: str) -> str:
@@ -422,6 +474,8 @@ class MountConfig(BaseModel):
     writer: str | None = Field(None, description="the writer identity put on every write")
     meta: str | None = Field(None, description="where the mount shows its read-only _meta/ directory")
     settle: SettleConfig | None = Field(None, description="settlement of chosen paths to git (docs/settle.md)")
+    nats: NatsConfig = Field(default_factory=NatsConfig,
+                             description="how to reach NATS, below flags and NATS_* variables (docs/security.md)")
 
     @field_validator("writer")
     @classmethod
@@ -553,7 +607,7 @@ def load_config(path: str | os.PathLike[str] | None) -> MountConfig:
     finally:
         loader.dispose()
     try:
-        return MountConfig.model_validate({} if data is None else data)
+        config = MountConfig.model_validate({} if data is None else data)
     except ValidationError as e:
         errs = e.errors(include_url=False)
         out = []
@@ -567,6 +621,8 @@ def load_config(path: str | os.PathLike[str] | None) -> MountConfig:
             out.append(f"config {name}:{_node_line(node, loc)}: " + (f"{where}: {msg}" if where else msg))
         more = f" (and {len(errs) - 5} more)" if len(errs) > 5 else ""
         raise Invalid("; ".join(out) + more) from e
+    config.nats = config.nats.resolved(Path(name).absolute().parent)
+    return config
 
 
 def load_context(name: str | None) -> dict[str, str]:

@@ -132,7 +132,12 @@ class NoAttr(HvfsError):
 
 
 class Unavailable(HvfsError):
-    pass
+    """``sent`` False: refused before anything was sent (not connected), so a write
+    certainly did not land; otherwise a write's outcome is not known (hvfs.vfs.resolve)."""
+
+    def __init__(self, reason: str = "", sent: bool = True) -> None:
+        super().__init__(reason)
+        self.sent = sent
 
 
 class Timeout(HvfsError):

@@ -61,6 +61,8 @@ class MountOptions:
     writer: str | None = None  # --writer; None: the config's, else the NATS user, else the host name
     metrics: str | None = None  # --metrics HOST:PORT: serve Prometheus text there while mounted
     binding: str = "pyfuse3"  # --binding: pyfuse3 (libfuse3 low-level) or mfusepy (high-level, FUSE-T)
+    state_dir: str | None = None  # --state-dir: spool and conflicts; None: default_state_dir(mountpoint)
+    offline: bool = False  # --offline: writes spool while NATS is away, reads of known keys from memory
 
 
 def fd_mountpoint(path: str) -> int | None:
@@ -181,6 +183,61 @@ def abort_fuse_connection(conn: int | None) -> None:
         log.warning("cannot abort FUSE connection %s: %s", conn, e)
 
 
+def default_state_dir(mountpoint: str) -> str:
+    """``$XDG_STATE_HOME/hvfs/<mountpoint>`` (``~/.local/state`` by default): one per
+    mountpoint, so a mount started again on it finds what the last one left."""
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return os.path.join(base, "hvfs", _state_name(mountpoint))
+
+
+def fallback_state_dir(mountpoint: str) -> str:
+    """Where state goes when the home directory cannot hold it (a container user
+    without one): ``/var/tmp`` keeps files across reboots, unlike ``/tmp``."""
+    return os.path.join("/var/tmp", f"hvfs-{os.getuid()}", _state_name(mountpoint))
+
+
+def _state_name(mountpoint: str) -> str:
+    return os.path.abspath(mountpoint).strip("/").replace("=", "=3D").replace("/", "=2F") or "=2F"
+
+
+def lock_state_dir(path: str, stack: contextlib.ExitStack | contextlib.AsyncExitStack) -> Path:
+    """Make and lock the state directory: one mount at a time uses it (the lock goes with
+    the process, so a killed daemon leaves it free)."""
+    import fcntl
+
+    d = Path(path)
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        fd = os.open(d / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as e:
+        raise Invalid(f"state directory {d}: {e.strerror or e}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        held = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        os.close(fd)
+        raise Invalid(f"state directory {d} is in use by another hvfs mount (pid {held or '?'}); "
+                      "give each mount its own --state-dir") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    stack.callback(os.close, fd)
+    return d
+
+
+def _state_dir(opts: MountOptions) -> str:
+    """--state-dir, else the default; if the default cannot be made, the fallback (said in the log)."""
+    if opts.state_dir:
+        return opts.state_dir
+    path = default_state_dir(opts.mountpoint)
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        other = fallback_state_dir(opts.mountpoint)
+        log.warning("state directory %s: %s; using %s (give --state-dir)", path, e.strerror or e, other)
+        return other
+    return path
+
+
 def default_store_dir() -> str:
     base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
     return os.path.join(base, "hvfs", "nats")
@@ -223,12 +280,14 @@ async def _serve(opts: MountOptions, ready: Callable[[], None] | None, state: di
             server.start()
             stack.callback(server.stop)
             connect = connect.model_copy(update={"servers": [server.url]})
-            log.info("embedded nats-server on %s, store %s", server.url, server.store_dir)
+            log.info("embedded nats-server on %s, store %s, sync_interval %s", server.url, server.store_dir,
+                     server.sync)
+        state_dir = lock_state_dir(_state_dir(opts), stack)
         store = NatsStore(connect)
         stack.push_async_callback(store.close)
         await store.start()
         core = Vfs(store, opts.config, read_only=opts.read_only, max_payload=store.max_payload,
-                   writer=default_writer(opts))
+                   writer=default_writer(opts), state_dir=state_dir, offline=opts.offline)
         stack.push_async_callback(core.close)
         await core.start()
         if opts.binding == "mfusepy":
@@ -250,6 +309,8 @@ async def _serve(opts: MountOptions, ready: Callable[[], None] | None, state: di
             else:
                 core.extra_status["settle"] = settler.status
         async with trio.open_nursery() as nursery:
+            await nursery.start(core.resolver.run)
+            await nursery.start(core.offline.run)
             if core.kv_dir is not None or core.streams.bound:
                 await nursery.start(core.poll_buckets)
             if settler is not None and settle is not None and settle.interval > 0:

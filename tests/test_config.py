@@ -278,3 +278,122 @@ def test_example_fleet_loads() -> None:
     assert threads.max_age == 30 * 86400 and threads.refs == {"issue_id": "issues"}
     assert (work.path, work.stream, work.subjects) == (None, "fleet_work", ["work.>"])
     assert [(q.path, q.stream, q.durable) for q in cfg.queues] == [("work", "fleet_work", "workers")]
+
+
+# -- the nats: section and where each connection setting comes from -------------------------------
+
+
+def test_nats_section_paths_are_the_config_files(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    p = tmp_path / "etc" / "c.yml"
+    p.parent.mkdir()
+    p.write_text("nats:\n  url: nats://a:4222, nats://b:4222\n  creds: keys/agent.creds\n"
+                 "  nkey: ~/agent.nk\n  tls_ca: /etc/ssl/ca.pem\n  user: alice\n")
+    n = load_config(p).nats
+    assert n.url == ["nats://a:4222", "nats://b:4222"]
+    assert n.creds == str(tmp_path / "etc" / "keys" / "agent.creds")
+    assert n.nkey == str(tmp_path / "home" / "agent.nk")
+    assert n.tls_ca == "/etc/ssl/ca.pem"
+    assert n.user == "alice" and n.password is None
+    p.write_text("nats:\n  url: [nats://a:4222]\n  password: s3cr3t\n")
+    cfg = load_config(p)
+    assert cfg.nats.url == ["nats://a:4222"]
+    assert _secret(cfg.nats.password) == "s3cr3t" and "s3cr3t" not in repr(cfg)
+    assert load_config(None).nats.url == []
+
+
+@pytest.mark.parametrize(
+    "body,needle",
+    [
+        ("nats:\n  url: nats://a\n  ca: x.pem\n", "c.yml:3: nats.ca: Extra inputs are not permitted"),
+        ("nats:\n  url:\n    - nats://a\n    - ''\n", "c.yml:4: nats.url[1]: a URL cannot be empty"),
+        ("nats:\n  token: ''\n", "c.yml:2: nats.token: cannot be empty (leave it out instead)"),
+        ("nats:\n  password: [s3cr3t]\n", "c.yml:2: nats.password: Input should be a valid string"),
+    ],
+)
+def test_nats_section_errors(tmp_path, body: str, needle: str) -> None:
+    p = tmp_path / "c.yml"
+    p.write_text(body)
+    with pytest.raises(Invalid) as e:
+        load_config(p)
+    assert needle in e.value.reason
+    assert "s3cr3t" not in e.value.reason
+
+
+def _secret(v) -> str | None:
+    return None if v is None else v.get_secret_value()
+
+
+def _connect(argv: list[str]):
+    from hvfs.cli import _parser, connect_options
+
+    return connect_options(_parser().parse_args(["mount", "/mnt", *argv]))
+
+
+def test_connect_options_flags_then_env_then_config_then_context(tmp_path, monkeypatch) -> None:
+    for var in ("NATS_URL", "NATS_USER", "NATS_PASSWORD", "NATS_TOKEN", "NATS_CREDS", "NATS_NKEY",
+                "NATS_CA", "NATS_CERT", "NATS_KEY", "NATS_CONTEXT", "HVFS_CONFIG"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    ctx = tmp_path / "xdg" / "nats" / "context"
+    ctx.mkdir(parents=True)
+    (ctx / "ops.json").write_text(json.dumps({
+        "url": "nats://ctx:4222", "user": "ctx-user", "password": "ctx-pw", "token": "ctx-token",
+        "creds": "~/ctx.creds", "nkey": "ctx.nk", "ca": "ctx-ca.pem", "cert": "ctx.pem", "key": "ctx.key"}))
+    (ctx / "other.json").write_text(json.dumps({"nkey": "/other.nk"}))
+    cfg = tmp_path / "c.yml"
+    cfg.write_text("nats:\n  context: ops\n  url: [nats://cfg:4222]\n  user: cfg-user\n  password: cfg-pw\n"
+                   "  creds: cfg.creds\n")
+    # the context alone (named by the config)
+    o = _connect(["--config", str(cfg)])
+    assert o.servers == ["nats://cfg:4222"]
+    assert (o.user, _secret(o.password), _secret(o.token)) == ("cfg-user", "cfg-pw", "ctx-token")
+    assert o.creds == str(tmp_path / "cfg.creds")
+    assert o.nkey == "ctx.nk" and o.tls_ca == "ctx-ca.pem" and (o.tls_cert, o.tls_key) == ("ctx.pem", "ctx.key")
+    # HVFS_CONFIG is the mount's --config too
+    monkeypatch.setenv("HVFS_CONFIG", str(cfg))
+    assert _connect([]).user == "cfg-user"
+    monkeypatch.delenv("HVFS_CONFIG")
+    # without the config: the context's own, ~ expanded as the nats CLI does
+    o = _connect(["--context", "ops"])
+    assert o.servers == ["nats://ctx:4222"] and o.creds == str(tmp_path / "home" / "ctx.creds")
+    # the environment over the config
+    monkeypatch.setenv("NATS_URL", "nats://env1:4222,nats://env2:4222")
+    monkeypatch.setenv("NATS_PASSWORD", "env-pw")
+    monkeypatch.setenv("NATS_CONTEXT", "other")
+    o = _connect(["--config", str(cfg)])
+    assert o.servers == ["nats://env1:4222", "nats://env2:4222"]
+    assert (o.user, _secret(o.password), o.nkey, o.token) == ("cfg-user", "env-pw", "/other.nk", None)
+    # flags over everything
+    o = _connect(["--config", str(cfg), "--context", "ops", "-s", "nats://flag:4222", "--password", "flag-pw",
+                  "--tlsca", "flag-ca.pem"])
+    assert o.servers == ["nats://flag:4222"] and _secret(o.password) == "flag-pw" and o.tls_ca == "flag-ca.pem"
+    assert _secret(o.token) == "ctx-token"
+    assert "flag-pw" not in repr(o) and "ctx-token" not in repr(o)
+
+
+def test_secret_arguments_in_every_form_argparse_takes() -> None:
+    from hvfs.cli import _secret_args
+
+    secrets = [(("--password",), "pw", "NATS_PASSWORD"), (("--token",), "tk", "NATS_TOKEN"),
+               (("--server", "-s"), "nats://u:pw@h", "NATS_URL")]
+    args = ["mount", "/mnt", "--password", "pw", "--tok=tk", "-snats://u:pw@h", "--user", "alice",
+            "--pass", "pw", "--server=nats://u:pw@h", "-s", "nats://u:pw@h", "--", "--password"]
+    assert [(i, n) for i, n, _ in _secret_args(args, secrets)] == [(2, 2), (4, 1), (5, 1), (8, 2), (10, 1), (11, 2)]
+    assert [v for _, _, v in _secret_args(args, secrets)][:2] == ["pw", "tk"]
+    assert _secret_args(["mount", "/mnt", "--timeout", "2", "--tlsca", "x"], secrets) == []
+
+
+def test_a_bad_config_fails_the_connection_but_not_doctor(tmp_path, monkeypatch) -> None:
+    """hvfs doctor reports a bad config as one of its checks, with the connection made without it."""
+    from hvfs.cli import _parser, connect_options
+
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    for var in ("NATS_URL", "NATS_CONTEXT"):
+        monkeypatch.delenv(var, raising=False)
+    cfg = tmp_path / "c.yml"
+    cfg.write_text("nats:\n  url: nats://a:4222\n  bogus: 1\n")
+    with pytest.raises(Invalid, match=r"c.yml:3: nats.bogus: Extra inputs"):
+        connect_options(_parser().parse_args(["mount", "/mnt", "--config", str(cfg)]))
+    assert connect_options(_parser().parse_args(["doctor", "--config", str(cfg)])).servers == []

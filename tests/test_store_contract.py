@@ -229,6 +229,30 @@ def test_create_get_update_delete(backend: Backend) -> None:
     backend.run(body)
 
 
+def test_kv_next_tells_what_followed_a_revision(backend: Backend) -> None:
+    """How a write that timed out is resolved: the key's first message after its base."""
+
+    async def body(store: Store) -> None:
+        b = fresh("next")
+        await store.create_bucket(b)
+        r1 = await store.create(b, "k", b"1")
+        await store.create(b, "other", b"o")
+        assert await store.kv_next(b, "k", r1) is None  # nothing after it (yet)
+        r2 = await store.update(b, "k", b"2", r1, headers={"Nats-Msg-Id": "hvfs-mine"})
+        m = await store.kv_next(b, "k", r1)
+        assert m is not None and (m.seq, m.data, m.headers["Nats-Msg-Id"]) == (r2, b"2", "hvfs-mine")
+        assert m.headers["Nats-Expected-Last-Subject-Sequence"] == str(r1)
+        await store.delete(b, "k")
+        marker = await store.kv_next(b, "k", r2)  # a marker too, with its headers
+        assert marker is not None and marker.seq > r2 and marker.data == b""
+        assert (await store.kv_next(b, "k", 0)) is not None and (await store.kv_next(b, "k", 0)).seq == r1
+        assert await store.kv_next(b, "never", 0) is None
+        with pytest.raises(NotFound):
+            await store.kv_next(fresh("nobucket"), "k", 0)
+
+    run(backend.new(), body)
+
+
 def test_cas(backend: Backend) -> None:
     async def body(store: Store) -> None:
         b = fresh("cas")
@@ -1539,3 +1563,229 @@ def test_subject_matches() -> None:
     assert subject_matches("a.*.c", "a.b.c") and not subject_matches("a.*.c", "a.b.b.c")
     assert subject_matches("a.>", "a.b.c") and not subject_matches("a.>", "a")
     assert subject_matches("a", "a") and not subject_matches("a", "a.b")
+
+
+# -- object store buckets (issue 15) ----------------------------------------------------
+
+import errno  # noqa: E402
+
+import nats.js.errors  # noqa: E402
+
+from hvfs.errors import errno_of  # noqa: E402
+from hvfs.store.base import CHUNK_DIGEST_HEADER, Corrupt, ObjChange, sha256_digest  # noqa: E402
+from hvfs.store.objrules import obj_meta_subject  # noqa: E402
+
+KiB = 1024
+
+
+def _local(data: bytes) -> str:
+    """A local file holding ``data`` (what a mount's spool is); removed at exit."""
+    import atexit
+    import tempfile
+
+    fd, path = tempfile.mkstemp(prefix="hvfs-obj-")
+    os.write(fd, data)
+    os.close(fd)
+    atexit.register(lambda: os.path.exists(path) and os.unlink(path))
+    return path
+
+
+def _sha(data: bytes) -> str:
+    import hashlib
+
+    return sha256_digest(hashlib.sha256(data).digest())
+
+
+def _corrupt(backend: Backend, store: Any, bucket: str, name: str) -> None:
+    """Damage the object as a failing disk or a buggy client would: chunk 0's bytes
+    (memory) / the meta's digest (a real server keeps no way to change a stored chunk)."""
+    if isinstance(store, MemoryStore):
+        store.corrupt_chunk(bucket, name, 0, b"X" * (128 * KiB))
+        return
+    assert isinstance(backend, NatsBackend)
+    raw = backend.raw
+    import json
+
+    subj = obj_meta_subject(bucket, name)
+    m = raw.run(raw.js.get_last_msg(f"OBJ_{bucket}", subj))
+    doc = json.loads(m.data)
+    doc["digest"] = _sha(b"something else")
+    raw.run(raw.js.publish(subj, json.dumps(doc).encode(), headers={"Nats-Rollup": "sub"}))
+
+
+def test_obj_put_info_read_replace_delete(backend: Backend) -> None:
+    data = os.urandom(300 * KiB)  # 3 chunks: 128, 128, 44 KiB
+
+    async def body(store: Any) -> None:
+        b = fresh("obj")
+        bi = await store.create_obj_bucket(b)
+        assert (bi.name, bi.max_bytes) == (b, -1)
+        info = await store.obj_put(b, "dir/a.bin", _local(data), 0, headers={"Hvfs-Writer": "alice"})
+        assert (info.name, info.size, info.chunks, info.digest) == ("dir/a.bin", len(data), 3, _sha(data))
+        assert info.revision > 0 and abs(info.time - time.time()) < 60 and not info.deleted
+        got = await store.obj_info(b, "dir/a.bin")
+        assert (got.revision, got.nuid, got.digest, got.headers) == (info.revision, info.nuid, info.digest,
+                                                                     {"Hvfs-Writer": "alice"})
+        assert b"".join(await store.obj_read(got, 0, 3)) == data
+        assert await store.obj_read(got, 1, 1) == [data[128 * KiB:256 * KiB]]
+        assert await store.obj_read(got, 2, 10) == [data[256 * KiB:]]  # clipped at the last chunk
+        with pytest.raises(Invalid):
+            await store.obj_read(got, 3, 1)
+        # CAS: 0 is "no object"; a stale revision loses and says which one won.
+        with pytest.raises(Conflict) as ei:
+            await store.obj_put(b, "dir/a.bin", _local(b"other"), 0)
+        assert ei.value.current == info.revision
+        new = await store.obj_put(b, "dir/a.bin", _local(b"second"), info.revision)
+        assert new.revision > info.revision and new.nuid != info.nuid and new.chunks == 1
+        with pytest.raises(Conflict):
+            await store.obj_put(b, "dir/a.bin", _local(b"third"), info.revision)
+        assert b"".join(await store.obj_read(await store.obj_info(b, "dir/a.bin"), 0, 1)) == b"second"
+        with pytest.raises(NotFound, match="replaced or deleted"):
+            await store.obj_read(info, 0, 1)  # the old chunks are purged
+        with pytest.raises(Conflict):
+            await store.obj_delete(b, "dir/a.bin", info.revision)
+        await store.obj_delete(b, "dir/a.bin")
+        with pytest.raises(NotFound):
+            await store.obj_info(b, "dir/a.bin")
+        with pytest.raises(NotFound):
+            await store.obj_delete(b, "dir/a.bin")
+        again = await store.obj_put(b, "dir/a.bin", _local(b""), 0)  # over the marker; empty
+        assert (again.size, again.chunks, again.digest) == (0, 0, "")
+        assert await store.obj_read(again, 0, 1) == []
+        with pytest.raises(NotFound):
+            await store.obj_info(b, "never")
+        with pytest.raises(NotFound):
+            await store.obj_put(fresh("nobucket"), "x", _local(b"x"), 0)
+        with pytest.raises(InvalidName):
+            await store.obj_info(b, "")
+
+    backend.run(body)
+
+
+def test_obj_buckets_and_settings(backend: Backend) -> None:
+    async def body(store: Any) -> None:
+        b = fresh("objb")
+        await store.create_obj_bucket(b, max_bytes=1 << 20)
+        assert (await store.create_obj_bucket(b, max_bytes=1 << 20)).max_bytes == 1 << 20
+        with pytest.raises(Invalid, match="max_bytes"):
+            await store.create_obj_bucket(b, max_bytes=2 << 20)
+        assert b in {x.name for x in await store.obj_buckets()}
+        assert b not in {x.name for x in await store.buckets()}  # not a KV bucket
+        assert (await store.obj_bucket(b)).max_bytes == 1 << 20
+        with pytest.raises(NotFound):
+            await store.obj_bucket(fresh("nobucket"))
+        with pytest.raises(InvalidName):
+            await store.create_obj_bucket("a.b")
+
+    backend.run(body)
+
+
+def test_obj_too_large_stores_nothing(backend: Backend) -> None:
+    async def body(store: Any) -> None:
+        b = fresh("objbig")
+        await store.create_obj_bucket(b, max_bytes=256 * KiB)
+        with pytest.raises(TooLarge):
+            await store.obj_put(b, "big", _local(os.urandom(400 * KiB)), 0)
+        with pytest.raises(NotFound):
+            await store.obj_info(b, "big")
+        assert await store.obj_list(b) == []
+        small = await store.obj_put(b, "small", _local(b"x" * 1000), 0)  # the chunks went: room again
+        assert small.size == 1000
+
+    backend.run(body)
+
+
+def test_obj_rename_keeps_the_chunks(backend: Backend) -> None:
+    data = os.urandom(200 * KiB)
+
+    async def body(store: Any) -> None:
+        b = fresh("objmv")
+        await store.create_obj_bucket(b)
+        a = await store.obj_put(b, "a", _local(data), 0)
+        moved = await store.obj_rename(b, "a", "d/b", a.revision, 0)
+        assert (moved.name, moved.nuid, moved.digest) == ("d/b", a.nuid, a.digest)
+        with pytest.raises(NotFound):
+            await store.obj_info(b, "a")
+        assert b"".join(await store.obj_read(await store.obj_info(b, "d/b"), 0, 2)) == data
+        c = await store.obj_put(b, "c", _local(b"c"), 0)
+        with pytest.raises(Conflict):
+            await store.obj_rename(b, "c", "d/b", c.revision, 0)  # d/b exists: its revision is asked
+        assert [i.name for i in await store.obj_list(b)] == ["d/b", "c"]
+
+    backend.run(body)
+
+
+def test_obj_watch_snapshot_then_live(backend: Backend) -> None:
+    async def body(store: Any) -> None:
+        b = fresh("objw")
+        await store.create_obj_bucket(b)
+        first = await store.obj_put(b, "one", _local(b"1" * 10), 0)
+        gone = await store.obj_put(b, "gone", _local(b"g"), 0)
+        await store.obj_delete(b, "gone", gone.revision)
+        sink = Sink()
+        w = await store.obj_watch(b, sink)
+        items = await sink.synced()
+        assert items[0] == RESYNC
+        seen = {(c.name, c.deleted, c.size) for c in items if isinstance(c, ObjChange)}
+        assert seen == {("one", False, 10), ("gone", True, 0)}
+        assert next(c for c in items if isinstance(c, ObjChange) and c.name == "one").digest == first.digest
+        sink.take()
+        other = backend.other(store)
+        await other.start()
+        try:
+            two = await other.obj_put(b, "two", _local(b"22"), 0)
+        finally:
+            await other.close()
+        got = await sink.wait(lambda items: any(isinstance(c, ObjChange) and c.name == "two" for c in items))
+        c = next(c for c in got if isinstance(c, ObjChange))
+        assert (c.name, c.deleted, c.revision, c.size) == ("two", False, two.revision, 2)  # no chunk shows
+        await store.obj_delete(b, "one")
+        await sink.wait(lambda items: any(isinstance(c, ObjChange) and c.name == "one" and c.deleted
+                                          for c in items))
+        await w.stop()
+        with pytest.raises(NotFound):
+            await store.obj_watch(fresh("nobucket"), Sink())
+
+    backend.run(body)
+
+
+def test_obj_corrupt_is_never_bytes(backend: Backend) -> None:
+    data = os.urandom(130 * KiB)
+
+    async def body(store: Any) -> None:
+        b = fresh("objbad")
+        await store.create_obj_bucket(b)
+        await store.obj_put(b, "x", _local(data), 0)
+        _corrupt(backend, store, b, "x")
+        info = await store.obj_info(b, "x")
+        with pytest.raises(Corrupt, match="digest"):
+            await store.obj_read(info, 0, 2)
+        assert errno_of(Corrupt("x")) == errno.EIO
+
+    backend.run(body)
+
+
+def test_obj_interop_with_nats_clients(server: Any, raw: RawNats) -> None:
+    """What nats-py's object store writes, hvfs reads, and the other way round."""
+    data = os.urandom(300 * KiB)
+    b = fresh("objx")
+
+    async def body(store: Any) -> None:
+        await store.create_obj_bucket(b)
+        obs = await trio.to_thread.run_sync(lambda: raw.run(raw.js.object_store(b)))
+        await trio.to_thread.run_sync(lambda: raw.run(obs.put("from-nats-py", data)))
+        info = await store.obj_info(b, "from-nats-py")
+        assert (info.size, info.chunks, info.digest) == (len(data), 3, _sha(data))
+        assert b"".join(await store.obj_read(info, 0, 3)) == data
+        await store.obj_put(b, "from-hvfs", _local(data), 0, metadata={"issue": "is-42"})
+        res = await trio.to_thread.run_sync(lambda: raw.run(obs.get("from-hvfs")))  # nats-py checks the digest
+        assert res.data == data
+        # The chunks hvfs writes carry their own digest.
+        m = await trio.to_thread.run_sync(lambda: raw.run(raw.js.get_msg(
+            f"OBJ_{b}", seq=1, subject=f"$O.{b}.C.{info.nuid}", next=True)))
+        assert m.data == data[:128 * KiB] and CHUNK_DIGEST_HEADER not in (m.headers or {})
+        await store.obj_delete(b, "from-hvfs")
+        with pytest.raises(nats.js.errors.ObjectNotFoundError):
+            await trio.to_thread.run_sync(lambda: raw.run(obs.get("from-hvfs")))
+
+    run(NatsStore(ConnectOptions(servers=[server.url], timeout=2.0)), body)

@@ -28,7 +28,7 @@ from hvfs.store.memory import MemoryStore
 from hvfs.store.rules import write_header_bytes
 from hvfs.vfs.core import DEFAULT_MAX_PAYLOAD, Core
 from hvfs.vfs.handles import Handle
-from hvfs.vfs.policy import WRITER_HEADER
+from hvfs.vfs.kv import value_headers
 from hvfs.vfs.tree import Node
 
 PID = os.getpid()  # the process that holds the handles this file opens
@@ -38,7 +38,7 @@ SMALL = "small"  # a bucket with a max value size
 SMALL_MAX = 400
 #: the largest value the vfs lets a handle of SMALL hold (CAS headers counted)
 # Every write carries the writer's header (Vfs's default writer is "hvfs").
-SMALL_LIMIT = min(SMALL_MAX, DEFAULT_MAX_PAYLOAD) - write_header_bytes(SMALL, None, {WRITER_HEADER: "hvfs"})
+SMALL_LIMIT = min(SMALL_MAX, DEFAULT_MAX_PAYLOAD) - write_header_bytes(SMALL, None, value_headers("hvfs"))
 DEADLINE = 2.0  # what a watch delivery may take here (it takes one scheduler tick)
 
 WR = os.O_WRONLY
@@ -984,8 +984,8 @@ def test_bucket_and_key_xattrs_and_the_others():
         assert await core.getxattr(node.ino, b"user.hvfs.key", PID) == b"d.f=2Ex"
         assert await core.getxattr(d.ino, b"user.hvfs.key", PID) == b"d"
         assert sorted(core.xattr_names(node)) == [b"user.hvfs.bucket", b"user.hvfs.error", b"user.hvfs.expires",
-                                              b"user.hvfs.key", b"user.hvfs.revision", b"user.hvfs.ttl",
-                                              b"user.hvfs.writer"]
+                                              b"user.hvfs.key", b"user.hvfs.pending", b"user.hvfs.revision",
+                                              b"user.hvfs.stale", b"user.hvfs.ttl", b"user.hvfs.writer"]
         assert sorted(core.xattr_names(d)) == [b"user.hvfs.bucket", b"user.hvfs.key"]
         await fails(errno.ENODATA, core.getxattr(node.ino, b"user.other", PID))
         await fails(errno.ENODATA, core.getxattr(d.ino, b"user.hvfs.revision", PID))

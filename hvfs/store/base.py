@@ -82,6 +82,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from ..errors import Unavailable
+
 __all__ = [
     "RESYNC", "SYNCED", "BucketInfo", "KvChange", "KvDelta", "KvEntry", "MsgSeen", "Op", "Queue", "QueueGone",
     "QueueMsg", "Store", "StoreState", "StreamDelta", "StreamInfo", "StreamMsg", "Watch", "WatchSink",
@@ -229,6 +231,9 @@ class KvChange:
     revision: int
     size: int
     time: float
+    #: the Nats-Msg-Id the revision was written with ("": none); how a write that timed
+    #: out is recognised as it lands (hvfs.vfs.resolve)
+    msg_id: str = ""
 
 
 #: What a watch hands the layer above, in batches, always on the trio thread,
@@ -393,6 +398,18 @@ class Store(Protocol):
         """
         ...
 
+    async def kv_next(self, bucket: str, key: str, revision: int) -> StreamMsg | None:
+        """The key's first message after ``revision`` (a value or a marker), with the
+        headers it was stored with; None: none (yet). How a write that timed out is
+        resolved: a compare-and-swap on ``revision`` landed exactly when this is the
+        message it sent (its ``Nats-Msg-Id``), and can no longer land once another
+        message on the key with ``Nats-Expected-Last-Subject-Sequence: <revision>`` is
+        here (history may have dropped older messages: see hvfs.vfs.resolve).
+
+        NotFound: no such bucket. InvalidName/NameTooLong: see "Names".
+        """
+        ...
+
     async def kv_since(self, bucket: str, revision: int = 0) -> KvDelta:
         """What changed in ``bucket`` after ``revision``: every key whose latest message
         has a greater sequence, with that message (``puts``: a value, with its headers;
@@ -528,3 +545,168 @@ class Store(Protocol):
         NotFound: ``seq`` is not held by ``q`` (never delivered, acked, or let go).
         """
         ...
+
+
+# -- object store buckets (issue 15) ---------------------------------------------
+#
+# An object store bucket ``<name>`` is the stream ``OBJ_<name>`` on ``$O.<name>.C.>``
+# (chunks) and ``$O.<name>.M.>`` (meta), as the NATS clients make it (nats-py, Go,
+# the nats CLI): an object is one meta message on ``$O.<name>.M.<base64url(name)>``
+# (JSON ObjectInfo, written with ``Nats-Rollup: sub``, so only the latest is kept)
+# and its chunks on ``$O.<name>.C.<nuid>``, each ``chunk_size`` bytes but the last.
+# An object's **revision** is its meta message's stream sequence: a put replaces an
+# object only if that is still its current meta (``Nats-Expected-Last-Subject-
+# Sequence`` on the meta subject: the server decides, atomically). Chunks go first,
+# under a fresh nuid, and are invisible until the meta names them: a put that fails
+# (a lost compare, NATS gone) leaves no partial object; its chunks are purged when
+# NATS answers, else left unreferenced. Reads fetch chunks by range (direct gets by
+# sequence; the chunk-sequence index of an object is read once, headers only, and
+# cached per nuid). There is no history: ``FILE@REV`` does not exist for objects.
+#
+# Digests: ``digest`` is ``SHA-256=<base64url>`` of the whole object (what every client
+# checks); objects hvfs writes also carry ``Hvfs-Chunk-Digest`` (the same form) on every
+# chunk, so each chunk is checked as it is read. ``Corrupt`` (EIO) when a chunk does not
+# match its digest, when a whole read does not match the object's, or a chunk is missing.
+
+#: the chunk size the NATS clients use by default
+OBJ_CHUNK_SIZE = 128 * 1024
+#: a chunk's own digest, on chunks hvfs writes (other clients ignore it)
+CHUNK_DIGEST_HEADER = "Hvfs-Chunk-Digest"
+
+
+class Corrupt(Unavailable):
+    """What NATS holds does not match its digest (a chunk, or the whole object), or a
+    chunk the meta names is missing: EIO, the reason says which. Never wrong bytes."""
+
+    def __init__(self, reason: str = "") -> None:
+        super().__init__(reason, sent=False)
+
+
+def sha256_digest(raw: bytes) -> str:
+    """The NATS object-store form of a SHA-256: ``SHA-256=<base64url, padded>``."""
+    import base64
+
+    return "SHA-256=" + base64.urlsafe_b64encode(raw).decode()
+
+
+@dataclass(frozen=True, slots=True)
+class ObjBucketInfo:
+    name: str
+    max_bytes: int  # -1: no limit (the bucket's stream max bytes: every object and its meta)
+    max_age: float = 0.0
+    replicas: int = 1
+    storage: str = "file"
+    sealed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectInfo:
+    """One object's current meta (a put, or a delete marker: ``deleted``)."""
+
+    bucket: str
+    name: str
+    nuid: str
+    size: int
+    chunks: int
+    digest: str  # "SHA-256=...", "" for an empty or deleted object
+    revision: int  # the meta message's stream sequence: what a put compares
+    time: float  # the meta's mtime (seconds since the epoch)
+    chunk_size: int = OBJ_CHUNK_SIZE
+    deleted: bool = False
+    description: str = ""
+    headers: dict[str, str] = field(default_factory=dict)  # the object's own (ObjectMeta.headers)
+    metadata: dict[str, str] = field(default_factory=dict)  # ObjectMeta.metadata (Go, nats CLI)
+    link: str = ""  # "bucket/name" of a link object (other clients make them; read through)
+
+
+@dataclass(frozen=True, slots=True)
+class ObjChange:
+    """What an object watch reports: an object's meta changed (put or deleted)."""
+
+    bucket: str
+    name: str
+    deleted: bool
+    revision: int
+    size: int
+    time: float
+    digest: str = ""
+    metadata: dict[str, str] = field(default_factory=dict)  # the object's ObjectMeta.metadata
+
+
+class ObjectStore(Protocol):
+    """The object-store calls of a store (``Store`` implementations have them too)."""
+
+    async def obj_buckets(self) -> list[ObjBucketInfo]:
+        """Every object store bucket (stream ``OBJ_<name>``) on the server."""
+        ...
+
+    async def obj_bucket(self, name: str) -> ObjBucketInfo:
+        """NotFound: no such bucket. InvalidName: a name no bucket can have."""
+        ...
+
+    async def create_obj_bucket(self, name: str, *, max_bytes: int = -1, max_age: float = 0.0,
+                                replicas: int = 1, storage: str = "file") -> ObjBucketInfo:
+        """Make an object store bucket as the NATS clients do; the same again returns it.
+
+        InvalidName: not ``[a-zA-Z0-9_-]+``. Invalid: a setting out of range, or the bucket
+        exists with other settings (the reason names them).
+        """
+        ...
+
+    async def obj_info(self, bucket: str, name: str) -> ObjectInfo:
+        """The object's current meta. NotFound: no such bucket, no such object, or it is
+        deleted. Corrupt: its meta is not ObjectInfo JSON. InvalidName: an empty name."""
+        ...
+
+    async def obj_read(self, info: ObjectInfo, first: int, count: int) -> list[bytes]:
+        """Chunks ``first`` to ``first + count - 1`` of the object ``info`` describes (clipped
+        at its last), each checked against its own digest when it has one; all of them
+        (``first`` 0, every chunk) also against ``info.digest``.
+
+        NotFound: the object was replaced or deleted since ``info`` (its chunks are gone).
+        Corrupt: a digest does not match, a chunk is missing or of the wrong size.
+        Invalid: ``first`` or ``count`` out of range.
+        """
+        ...
+
+    async def obj_put(self, bucket: str, name: str, path: str, last: int, *,
+                      headers: Mapping[str, str] | None = None,
+                      metadata: Mapping[str, str] | None = None,
+                      chunk_size: int = OBJ_CHUNK_SIZE) -> ObjectInfo:
+        """Store the bytes of the local file ``path`` as object ``name``, read and sent chunk
+        by chunk (never whole in memory), if ``last`` is its current revision (0: the object
+        does not exist or is deleted); the new info. The old chunks are purged after.
+
+        Conflict: ``last`` is not current (``current``: the revision that is, 0 none).
+        NotFound: no such bucket. TooLarge: over the bucket's max bytes (nothing stored).
+        Invalid: a header NATS cannot carry; ``chunk_size`` not positive.
+        """
+        ...
+
+    async def obj_delete(self, bucket: str, name: str, last: int | None = None) -> None:
+        """Write the object's delete marker (its meta, ``deleted``) and purge its chunks; with
+        ``last``, only if that is its current revision. NotFound: no such bucket or object
+        (or deleted already). Conflict: ``last`` is not current."""
+        ...
+
+    async def obj_rename(self, bucket: str, name: str, new: str, last: int, new_last: int) -> ObjectInfo:
+        """Move object ``name`` (at revision ``last``) to ``new`` (at revision ``new_last``,
+        0: none) without copying: the meta is written under the new name with the same
+        chunks, then the old name gets a delete marker that keeps them. The new info.
+        Conflict: either revision is not current. NotFound: no such bucket or object."""
+        ...
+
+    async def obj_list(self, bucket: str) -> list[ObjectInfo]:
+        """Every object's current meta, deleted ones excluded, in meta revision order.
+        NotFound: no such bucket."""
+        ...
+
+    async def obj_watch(self, bucket: str, sink: WatchSink) -> Watch:
+        """RESYNC, an ObjChange per object (deleted ones too, as KV's markers), SYNCED, then
+        every change, until stopped; after a reconnect RESYNC and a fresh snapshot.
+        NotFound: no such bucket; the sink gets nothing."""
+        ...
+
+
+__all__ += ["CHUNK_DIGEST_HEADER", "OBJ_CHUNK_SIZE", "Corrupt", "ObjBucketInfo", "ObjChange", "ObjectInfo",
+            "ObjectStore", "sha256_digest"]

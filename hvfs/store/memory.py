@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import hashlib
 import heapq
 import itertools
 import logging
@@ -44,13 +45,19 @@ from ..errors import (
     Unavailable,
 )
 from .base import (
+    CHUNK_DIGEST_HEADER,
+    OBJ_CHUNK_SIZE,
     RESYNC,
     SYNCED,
     BucketInfo,
+    Corrupt,
     KvChange,
     KvDelta,
     KvEntry,
     MsgSeen,
+    ObjBucketInfo,
+    ObjChange,
+    ObjectInfo,
     Op,
     Queue,
     QueueGone,
@@ -60,12 +67,24 @@ from .base import (
     StreamInfo,
     StreamMsg,
     WatchSink,
+    sha256_digest,
+)
+from .objrules import (
+    check_chunk,
+    check_digest,
+    check_last,
+    check_obj_name,
+    obj_chunk_subject,
+    obj_meta_doc,
+    obj_meta_subject,
+    parse_obj_meta,
 )
 from .rules import (
     EXPECTED_LAST,
     EXPECTED_STREAM,
     KV_OP,
     MARKER_REASON,
+    MSG_ID,
     MSG_TTL,
     check_bucket,
     check_filter,
@@ -317,7 +336,7 @@ class _Watch(_Emitter):
         if self.kv:
             op = m.op
             return KvChange(self.st.name[3:], m.subject[len(self.st.name) + 2:], op, m.seq,
-                            len(m.data) if op is Op.PUT else 0, m.time)
+                            len(m.data) if op is Op.PUT else 0, m.time, m.headers.get(MSG_ID, ""))
         return MsgSeen(self.st.name, m.subject, m.seq, len(m.data), m.time)
 
     def resync(self) -> None:
@@ -475,7 +494,7 @@ class MemoryStore:
         await trio.lowlevel.checkpoint()
         try:
             if not self.state.connected:
-                raise Unavailable(f"{what}: not connected to NATS")
+                raise Unavailable(f"{what}: not connected to NATS", sent=False)
             if any(subject_matches(p, subject) for p in self.denied):
                 raise PermissionDenied(f"NATS permissions violation: this user may not publish to {subject}")
             fault = next((f for f in self._faults if subject_matches(f[0], subject)), None)
@@ -567,6 +586,20 @@ class MemoryStore:
         st = self._streams.get(f"KV_{bucket}")
         api = "$JS.API.DIRECT.GET." if st is not None and st.direct else "$JS.API.STREAM.MSG.GET."
         return await self._call(f"get {bucket}/{key}", f"{api}KV_{bucket}", run)
+
+    async def kv_next(self, bucket: str, key: str, revision: int) -> StreamMsg | None:
+        check_key(bucket, key, f"get {bucket}/{key}")
+        subject = f"$KV.{bucket}.{key}"
+
+        def run() -> StreamMsg | None:
+            st = self._stream(f"KV_{bucket}", f"no KV bucket {bucket!r}")
+            for seq in st.by_subject.get(subject, []):
+                if seq > revision:
+                    m = st.msgs[seq]
+                    return StreamMsg(st.name, m.subject, m.seq, m.data, dict(m.headers), m.time)
+            return None
+
+        return await self._call(f"get {bucket}/{key}", f"$JS.API.STREAM.MSG.GET.KV_{bucket}", run)
 
     async def create(self, bucket: str, key: str, value: bytes, *, ttl: float | None = None,
                      headers: Mapping[str, str] | None = None) -> int:
@@ -811,3 +844,257 @@ class MemoryStore:
             q.wake()
 
         await self._call(f"ack {q.stream}#{seq}", f"$JS.ACK.{q.stream}.{q.durable}", run)
+
+    # -- object store buckets (issue 15; see the section in hvfs.store.base) ---------------
+
+    def add_obj_bucket(self, name: str, max_bytes: int = -1, *, max_age: float = 0.0, replicas: int = 1,
+                       storage: str = "file") -> ObjBucketInfo:
+        """An object bucket made by someone else (setup for tests; not a store call)."""
+        if f"OBJ_{name}" in self._streams:
+            raise Invalid(f"stream OBJ_{name} exists")
+        st = _Stream(f"OBJ_{name}", [f"$O.{name}.C.>", f"$O.{name}.M.>"], direct=True, timers=self._timers,
+                     max_age=max_age, replicas=replicas, storage=storage)
+        st.obj_max_bytes = max_bytes if max_bytes > 0 else -1  # type: ignore[attr-defined]
+        self._streams[st.name] = st
+        return _obj_bucket_of(st)
+
+    def corrupt_chunk(self, bucket: str, name: str, i: int, data: bytes) -> None:
+        """Chunk ``i`` of the object now holds ``data`` (what a damaged store would give)."""
+        st = self._streams[f"OBJ_{bucket}"]
+        info = _obj_now(st, bucket, name)
+        assert info is not None
+        st.msgs[st.by_subject[obj_chunk_subject(bucket, info.nuid)][i]].data = data
+
+    def _obj_stream(self, bucket: str) -> _Stream:
+        return self._stream(f"OBJ_{bucket}", f"no object bucket {bucket!r}")
+
+    async def obj_buckets(self) -> list[ObjBucketInfo]:
+        return await self._call("list object buckets", "$JS.API.STREAM.LIST", lambda: [
+            _obj_bucket_of(st) for n, st in sorted(self._streams.items()) if n.startswith("OBJ_")])
+
+    async def obj_bucket(self, name: str) -> ObjBucketInfo:
+        check_bucket(name, f"object bucket {name}")
+        return await self._call(f"object bucket {name}", f"$JS.API.STREAM.INFO.OBJ_{name}",
+                                lambda: _obj_bucket_of(self._obj_stream(name)))
+
+    async def create_obj_bucket(self, name: str, *, max_bytes: int = -1, max_age: float = 0.0,
+                                replicas: int = 1, storage: str = "file") -> ObjBucketInfo:
+        what = f"create object bucket {name}"
+        check_new_bucket(name, what)
+        check_limits(what, max_age=max_age, max_size=max_bytes, replicas=replicas, storage=storage)
+        want = {"max_bytes": max_bytes if max_bytes > 0 else -1, "max_age": float(max_age),
+                "replicas": replicas, "storage": storage}
+
+        def run() -> ObjBucketInfo:
+            st = self._streams.get(f"OBJ_{name}")
+            if st is None:
+                return self.add_obj_bucket(name, max_bytes, max_age=max_age, replicas=replicas, storage=storage)
+            have = _obj_bucket_of(st)
+            why = differences({k: getattr(have, k) for k in want}, want)
+            if why:
+                raise Invalid(f"{what}: bucket {name} exists with other settings: {why}")
+            return have
+
+        return await self._call(what, "$JS.API.STREAM.CREATE", run)
+
+    async def obj_info(self, bucket: str, name: str) -> ObjectInfo:
+        what = f"object {bucket}/{name}"
+        check_obj_name(bucket, name, what)
+
+        def run() -> ObjectInfo:
+            info = _obj_now(self._obj_stream(bucket), bucket, name)
+            if info is None or info.deleted:
+                raise NotFound(f"{what}: no such object" if info is None else f"{what}: deleted")
+            return info
+
+        return await self._call(what, f"$JS.API.STREAM.MSG.GET.OBJ_{bucket}", run)
+
+    async def obj_read(self, info: ObjectInfo, first: int, count: int) -> list[bytes]:
+        what = f"read {info.bucket}/{info.name}"
+        if first < 0 or count < 1 or first >= max(info.chunks, 1):
+            raise Invalid(f"{what}: chunks {first}+{count} of {info.chunks}")
+        end = min(first + count, info.chunks)
+
+        def run() -> list[bytes]:
+            if info.chunks == 0:
+                return []
+            st = self._obj_stream(info.bucket)
+            seqs = st.by_subject.get(obj_chunk_subject(info.bucket, info.nuid), [])
+            if len(seqs) != info.chunks:
+                cur = _obj_now(st, info.bucket, info.name)
+                if cur is None or cur.revision != info.revision:
+                    raise NotFound(f"{what}: the object was replaced or deleted since it was opened")
+                raise Corrupt(f"{what}: {len(seqs)} chunks in NATS, its meta says {info.chunks}")
+            out = [check_chunk(info, i, st.msgs[seqs[i]].data, st.msgs[seqs[i]].headers, what)
+                   for i in range(first, end)]
+            if first == 0 and end == info.chunks:
+                check_digest(info, out, what)
+            return out
+
+        return await self._call(what, f"$JS.API.DIRECT.GET.OBJ_{info.bucket}", run)
+
+    async def obj_put(self, bucket: str, name: str, path: str, last: int, *,
+                      headers: Mapping[str, str] | None = None,
+                      metadata: Mapping[str, str] | None = None,
+                      chunk_size: int = OBJ_CHUNK_SIZE) -> ObjectInfo:
+        what = f"put {bucket}/{name}"
+        check_obj_name(bucket, name, what)
+        hdrs = check_headers(headers, what)
+        if chunk_size < 1:
+            raise Invalid(f"{what}: a chunk size is positive")
+        self._nuids = getattr(self, "_nuids", 0) + 1
+        nuid = f"MEM{id(self):x}N{self._nuids}"
+        chunk_subj, meta_subj = obj_chunk_subject(bucket, nuid), obj_meta_subject(bucket, name)
+
+        def run() -> ObjectInfo:
+            st = self._obj_stream(bucket)
+            cur = _obj_now(st, bucket, name)
+            expect = check_last(cur, last, what)
+            limit = getattr(st, "obj_max_bytes", -1)
+            used = sum(len(m.data) + hdr_size(m.headers) + len(m.subject) for m in st.msgs.values())
+            h = hashlib.sha256()
+            chunks = total = 0
+            try:
+                with open(path, "rb") as f:
+                    while buf := f.read(chunk_size):
+                        ch = {CHUNK_DIGEST_HEADER: sha256_digest(hashlib.sha256(buf).digest())}
+                        used += len(buf) + hdr_size(ch) + len(chunk_subj)
+                        if limit > 0 and used > limit:
+                            raise TooLarge(f"{what}: over the bucket's max bytes ({limit}); nothing stored")
+                        h.update(buf)
+                        st.append(chunk_subj, buf, ch)
+                        chunks, total = chunks + 1, total + len(buf)
+            except BaseException:
+                _purge(st, chunk_subj)
+                raise
+            doc = obj_meta_doc(bucket, name, nuid, total, chunks, sha256_digest(h.digest()) if total else "",
+                               chunk_size, hdrs, metadata)
+            _purge(st, meta_subj)  # Nats-Rollup: sub
+            m = st.append(meta_subj, doc, {"Nats-Rollup": "sub", EXPECTED_LAST: str(expect)})
+            if cur is not None and not cur.deleted and cur.nuid:
+                _purge(st, obj_chunk_subject(bucket, cur.nuid))
+            return parse_obj_meta(bucket, doc, m.seq, m.time)
+
+        return await self._call(what, chunk_subj, run)
+
+    async def obj_delete(self, bucket: str, name: str, last: int | None = None) -> None:
+        what = f"delete {bucket}/{name}"
+        check_obj_name(bucket, name, what)
+        meta_subj = obj_meta_subject(bucket, name)
+
+        def run() -> None:
+            st = self._obj_stream(bucket)
+            cur = _obj_now(st, bucket, name)
+            if cur is None or cur.deleted:
+                raise NotFound(f"{what}: no such object")
+            if last and last != cur.revision:
+                raise Conflict(f"{what}: revision {last} is not current", current=cur.revision)
+            doc = obj_meta_doc(bucket, name, cur.nuid, 0, 0, "", cur.chunk_size, cur.headers, cur.metadata,
+                               deleted=True)
+            _purge(st, meta_subj)
+            st.append(meta_subj, doc, {"Nats-Rollup": "sub"})
+            _purge(st, obj_chunk_subject(bucket, cur.nuid))
+
+        await self._call(what, meta_subj, run)
+
+    async def obj_rename(self, bucket: str, name: str, new: str, last: int, new_last: int) -> ObjectInfo:
+        what = f"rename {bucket}/{name} to {new}"
+        check_obj_name(bucket, name, what)
+        check_obj_name(bucket, new, what)
+
+        def run() -> ObjectInfo:
+            st = self._obj_stream(bucket)
+            src = _obj_now(st, bucket, name)
+            if src is None or src.deleted:
+                raise NotFound(f"{what}: no such object")
+            if last and last != src.revision:
+                raise Conflict(f"{what}: revision {last} is not current", current=src.revision)
+            dst = _obj_now(st, bucket, new)
+            check_last(dst, new_last, what)
+            doc = obj_meta_doc(bucket, new, src.nuid, src.size, src.chunks, src.digest, src.chunk_size,
+                               src.headers, src.metadata)
+            _purge(st, obj_meta_subject(bucket, new))
+            m = st.append(obj_meta_subject(bucket, new), doc, {"Nats-Rollup": "sub"})
+            gone = obj_meta_doc(bucket, name, src.nuid, 0, 0, "", src.chunk_size, src.headers, src.metadata,
+                                deleted=True)
+            _purge(st, obj_meta_subject(bucket, name))
+            st.append(obj_meta_subject(bucket, name), gone, {"Nats-Rollup": "sub"})
+            if dst is not None and not dst.deleted and dst.nuid != src.nuid:
+                _purge(st, obj_chunk_subject(bucket, dst.nuid))
+            return parse_obj_meta(bucket, doc, m.seq, m.time)
+
+        return await self._call(what, f"$O.{bucket}.M.", run)
+
+    async def obj_list(self, bucket: str) -> list[ObjectInfo]:
+        what = f"list {bucket}"
+        check_bucket(bucket, what)
+
+        def run() -> list[ObjectInfo]:
+            st = self._obj_stream(bucket)
+            out = [i for i in (_obj_parse(st, bucket, m) for m in _obj_metas(st, bucket)) if not i.deleted]
+            return sorted(out, key=lambda i: i.revision)
+
+        return await self._call(what, f"$JS.API.CONSUMER.CREATE.OBJ_{bucket}", run)
+
+    async def obj_watch(self, bucket: str, sink: WatchSink) -> _Watch:
+        what = f"watch {bucket}"
+        check_bucket(bucket, what)
+
+        def run() -> _Watch:
+            st = self._obj_stream(bucket)
+            w = _ObjWatch(self, st, sink, False)
+            st.watches.append(w)
+            self._watches.add(w)
+            w.resync()
+            return w
+
+        return await self._call(what, f"$JS.API.CONSUMER.CREATE.OBJ_{bucket}", run)
+
+
+def _obj_bucket_of(st: _Stream) -> ObjBucketInfo:
+    return ObjBucketInfo(st.name[4:], getattr(st, "obj_max_bytes", -1), st.max_age, st.replicas, st.storage)
+
+
+def _purge(st: _Stream, subject: str) -> None:
+    for seq in list(st.by_subject.get(subject, [])):
+        st.remove(seq)
+
+
+def _obj_metas(st: _Stream, bucket: str) -> list[_Msg]:
+    """The latest meta message of every object (markers too), in sequence order."""
+    pre = f"$O.{bucket}.M."
+    return sorted((st.msgs[seqs[-1]] for subj, seqs in st.by_subject.items() if subj.startswith(pre)),
+                  key=lambda m: m.seq)
+
+
+def _obj_parse(st: _Stream, bucket: str, m: _Msg) -> ObjectInfo:
+    return parse_obj_meta(bucket, m.data, m.seq, m.time)
+
+
+def _obj_now(st: _Stream, bucket: str, name: str) -> ObjectInfo | None:
+    m = st.last(obj_meta_subject(bucket, name))
+    return None if m is None else parse_obj_meta(bucket, m.data, m.seq, m.time)
+
+
+class _ObjWatch(_Watch):
+    """An object bucket's metas: as a KV watch, ObjChange items, chunks never shown."""
+
+    def item(self, m: _Msg) -> ObjChange:  # type: ignore[override]
+        bucket = self.st.name[4:]
+        try:
+            i = parse_obj_meta(bucket, m.data, m.seq, m.time)
+        except Corrupt:
+            return ObjChange(bucket, "", True, m.seq, 0, m.time)
+        return ObjChange(bucket, i.name, i.deleted, m.seq, i.size, i.time, i.digest, i.metadata)
+
+    def resync(self) -> None:
+        self.st.timers.due()
+        self.buf.clear()
+        items = [c for c in (self.item(m) for m in _obj_metas(self.st, self.st.name[4:])) if c.name]
+        self.emit([RESYNC, *items, SYNCED])
+
+    def on_msg(self, m: _Msg) -> None:
+        if self.store.state.connected and m.subject.startswith(f"$O.{self.st.name[4:]}.M."):
+            c = self.item(m)
+            if c.name:
+                self.emit([c])

@@ -11,9 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
+import os
 import re
 import threading
+import time
+from collections import OrderedDict
 from collections.abc import Coroutine, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -22,6 +26,7 @@ import nats.errors
 import nats.js.errors
 import trio
 from nats.js import api
+from nats.nuid import NUID
 
 from ..config import ConnectOptions
 from ..errors import (
@@ -38,9 +43,17 @@ from ..errors import (
     Unavailable,
 )
 from .base import (
+    CHUNK_DIGEST_HEADER,
+    OBJ_CHUNK_SIZE,
+    RESYNC,
+    SYNCED,
     BucketInfo,
+    Corrupt,
     KvDelta,
     KvEntry,
+    ObjBucketInfo,
+    ObjChange,
+    ObjectInfo,
     Op,
     Queue,
     StoreState,
@@ -48,8 +61,19 @@ from .base import (
     StreamInfo,
     StreamMsg,
     WatchSink,
+    sha256_digest,
 )
 from .natssubs import KvWatch, NatsQueue, StreamWatch, read_since, storage_of, stream_info, ts
+from .objrules import (
+    check_chunk,
+    check_digest,
+    check_last,
+    check_obj_name,
+    obj_chunk_subject,
+    obj_meta_doc,
+    obj_meta_subject,
+    parse_obj_meta,
+)
 from .rules import (
     DIRECT_GET_HEADERS,
     EXPECTED_LAST,
@@ -82,6 +106,7 @@ _ERR_WRONG_LAST = (10071, 10164)
 _ERR_TOO_BIG = (10054,)
 _ERR_SEQ_NOT_FOUND = 10043  # a message delete of a gap inside the stream (400)
 _ERR_DELETE_FAILED = 10057  # every other refused message delete (500); the text says why
+_ERR_STREAM_NOT_FOUND = 10059
 _ERR_STREAM_IN_USE = 10058  # a stream of that name exists with another configuration
 _ERR_SUBJECTS_OVERLAP = 10065
 _ERR_TTL_INVALID = 10165  # a Nats-TTL the server cannot parse (or 0 and less)
@@ -139,7 +164,18 @@ class NatsStore:
         await self._call("connect", self._connect(), bound=self.timeout + 3)
 
     async def _connect(self) -> None:
+        """Connect with the configured credentials; Invalid for an unusable file, Unavailable with
+        the reason (say "authorization violation") when NATS refuses or cannot be reached.
+
+        No secret goes into a message: only file paths, the user name and the form of credentials.
+        """
+        import base64
+        import json
+        import ssl
+        import time
+
         o = self.opts
+        where = shown_servers(o.servers)
         kw: dict[str, Any] = dict(
             servers=o.servers,
             connect_timeout=min(self.timeout, 2.0),
@@ -148,40 +184,156 @@ class NatsStore:
             allow_reconnect=True,
             ping_interval=5,
             max_outstanding_pings=2,
-            error_cb=self._on_error,
-            disconnected_cb=self._on_disconnected,
             reconnected_cb=self._on_reconnected,
             closed_cb=self._on_closed,
             name="hvfs",
         )
+
+        def check_files() -> None:
+            """Each file named can be read: nats-py and ssl read them later, with less clear errors."""
+            files = {"credentials file": o.creds, "nkey seed file": o.nkey, "TLS CA file": o.tls_ca,
+                     "TLS certificate": o.tls_cert, "TLS key": o.tls_key}
+            for what, path in files.items():
+                if path:
+                    try:
+                        with open(path, "rb") as f:
+                            head = f.read(1 << 16)
+                    except OSError as e:
+                        raise Invalid(f"{what} {path}: {e.strerror or e}") from None
+                    if path == o.creds and not (b"-----BEGIN NATS USER JWT-----" in head
+                                                and b"NKEY SEED-----" in head):
+                        raise Invalid(f"credentials file {path}: no user JWT and nkey seed in it "
+                                      "(what nsc generate creds writes)")
+
+        check_files()
         if o.user:
-            kw["user"], kw["password"] = o.user, o.password or ""
+            kw["user"], kw["password"] = o.user, o.password.get_secret_value() if o.password else ""
         if o.token:
-            kw["token"] = o.token
+            kw["token"] = o.token.get_secret_value()
         if o.creds:
             kw["user_credentials"] = o.creds
         if o.nkey:
             kw["nkeys_seed"] = o.nkey
+        if o.tls_key and not o.tls_cert:
+            raise Invalid(f"TLS key {o.tls_key} without a client certificate (--tlscert, NATS_CERT)")
         if o.tls_ca or o.tls_cert:
-            import ssl
-
-            ctx = ssl.create_default_context(cafile=o.tls_ca)
+            try:
+                tls = ssl.create_default_context(cafile=o.tls_ca)
+            except ssl.SSLError as e:
+                raise Invalid(f"TLS CA file {o.tls_ca}: no PEM certificate in it ({e.reason or e})") from None
             if o.tls_cert:
-                ctx.load_cert_chain(o.tls_cert, o.tls_key)
-            kw["tls"] = ctx
-        # The first connect must fail fast with a reason, not retry forever.
-        # nats-py retries the first connect forever when reconnects are
-        # unlimited: bound it here and report the last error it met.
+                try:
+                    tls.load_cert_chain(o.tls_cert, o.tls_key)
+                except ssl.SSLError as e:
+                    raise Invalid(f"TLS certificate {o.tls_cert}" + (f" and key {o.tls_key}" if o.tls_key else "")
+                                  + f": not a PEM certificate and its key ({e.reason or e})") from None
+            kw["tls"] = tls
+
+        async def without_tls() -> str | None:
+            """A server that does not require TLS, by its INFO line, before any credential is sent:
+            nats-py would connect in the clear where the nats CLI refuses."""
+            from urllib.parse import urlsplit
+
+            for url in o.servers:
+                u = urlsplit(url if "://" in url else f"nats://{url}")
+                if u.scheme not in ("nats", "tls") or not u.hostname:
+                    continue
+                try:
+                    r, w = await asyncio.wait_for(asyncio.open_connection(u.hostname, u.port or 4222),
+                                                  kw["connect_timeout"])
+                except (OSError, TimeoutError):
+                    continue  # the connect says what is wrong with it
+                try:
+                    line = await asyncio.wait_for(r.readline(), kw["connect_timeout"])
+                    info = json.loads(line.split(b" ", 1)[1]) if line.startswith(b"INFO ") else None
+                except (OSError, TimeoutError, ValueError):
+                    info = None  # no NATS server there: the connect says so
+                finally:
+                    w.close()
+                if isinstance(info, dict) and not info.get("tls_required"):
+                    return shown_servers([url])
+            return None
+
+        def credentials() -> str:
+            """Which credentials were refused, without the secret."""
+            if o.creds:
+                exp = None
+                with contextlib.suppress(Exception):  # the user JWT's expiry, to say why
+                    text = open(o.creds).read()
+                    jwt = text.split("-----BEGIN NATS USER JWT-----")[1].split("------END")[0].strip()
+                    body = jwt.split(".")[1]
+                    exp = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))).get("exp")
+                if isinstance(exp, int) and exp <= time.time():
+                    when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(exp))
+                    return f"credentials file {o.creds}: its user JWT expired at {when}"
+                return f"credentials file {o.creds}"
+            forms = [f"user {o.user} {'and password' if o.password else 'without a password'}" if o.user else "",
+                     "token" if o.token else "", f"nkey seed file {o.nkey}" if o.nkey else ""]
+            return ", ".join(f for f in forms if f) or "no credentials given"
+
+        def refusal(e: Exception) -> str | None:
+            """The reason if ``e`` says that NATS refuses this client for good (retrying will not help)."""
+            if isinstance(e, ssl.SSLCertVerificationError):
+                return f"TLS: the server's certificate is not trusted: {e.verify_message or e.reason} " \
+                       "(--tlsca: the CA that signed it)"
+            if isinstance(e, ssl.SSLError):
+                alert = str(e.reason or e)
+                if "CERTIFICATE_REQUIRED" in alert:
+                    return "TLS: the server requires a client certificate (--tlscert and --tlskey)"
+                if "UNKNOWN_CA" in alert or "BAD_CERTIFICATE" in alert or "CERTIFICATE_UNKNOWN" in alert:
+                    return f"TLS: the server refused the client certificate {o.tls_cert} ({alert})"
+                return f"TLS: {alert}"
+            if type(e).__module__.startswith("nkeys"):  # a seed nats-py could not read
+                return f"{f'credentials file {o.creds}' if o.creds else f'nkey seed file {o.nkey}'}: " \
+                       f"{str(e).removeprefix('nkeys: ')}"
+            text = str(e).removeprefix("nats: ").strip("'\" ").lower()
+            if isinstance(e, nats.errors.AuthorizationError) or "authorization violation" in text:
+                return f"authorization violation ({credentials()})"
+            if "authentication expired" in text or "authentication revoked" in text:
+                return f"{text} ({credentials()})"
+            return None
+
+        if "tls" in kw and (plain := await without_tls()) is not None:
+            raise Unavailable(f"cannot connect to NATS at {where}: TLS: {plain} does not use TLS, "
+                              "and TLS files were given (credentials are not sent in the clear)")
+        # The first connect fails fast, with a reason: nats-py retries it forever when
+        # reconnects are unlimited, so it is bounded here and cut short by a refusal.
+        nc = nats.NATS()
+        refused: list[str] = []
+
+        async def on_error(e: Exception) -> None:
+            await self._on_error(e)
+            why = refusal(e) if not connecting.done() else None
+            if why is not None:
+                refused.append(why)
+                connecting.cancel()
+
+        async def on_disconnected() -> None:
+            if self._nc is not None:  # not during the first connect: that reports its own reason
+                await self._on_disconnected()
+
+        kw["error_cb"], kw["disconnected_cb"] = on_error, on_disconnected
+        connecting = asyncio.ensure_future(nc.connect(**kw))
         try:
-            self._nc = await asyncio.wait_for(nats.connect(**kw), self.timeout + 2)
+            await asyncio.wait_for(connecting, self.timeout + 2)
+        except asyncio.CancelledError:
+            if not refused:
+                raise  # we are cancelled, not the connect
+            why = refused[0]
         except Exception as e:
-            why = self.state.last_error or str(e) or type(e).__name__
-            raise Unavailable(f"cannot connect to NATS at {shown_servers(o.servers)}: {why}") from e
+            why = refusal(e) or self.state.last_error or str(e) or type(e).__name__
+        else:
+            why = ""
+        if why:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(nc.close(), 1.0)
+            raise Unavailable(f"cannot connect to NATS at {where}: {why}")
+        self._nc = nc
         self._js = self._nc.jetstream(timeout=self.timeout)
         try:
             await self._js.account_info()
         except Exception as e:
-            raise Unavailable(f"NATS at {shown_servers(o.servers)} has no JetStream: {e or type(e).__name__}") from e
+            raise Unavailable(f"NATS at {where} has no JetStream: {e or type(e).__name__}") from e
         self.state.connected = True
 
     async def close(self) -> None:
@@ -230,7 +382,9 @@ class NatsStore:
     async def _on_reconnected(self) -> None:
         self.state.connected = True
         self.state.reconnects += 1
-        log.warning("nats: reconnected to %s", self._nc.connected_url.netloc if self._nc else "?")
+        url = self._nc.connected_url if self._nc else None
+        # host and port only: a URL's netloc may carry user:password
+        log.warning("nats: reconnected to %s", f"{url.hostname}:{url.port}" if url is not None else "?")
         for w in list(self._watches):
             asyncio.ensure_future(w.restart())
 
@@ -250,7 +404,7 @@ class NatsStore:
         if what != "connect" and not always and (self._nc is None or not self._nc.is_connected):
             coro.close()
             self.state.errors += 1
-            raise Unavailable(f"{what}: not connected to NATS")
+            raise Unavailable(f"{what}: not connected to NATS", sent=False)
         fut = asyncio.run_coroutine_threadsafe(self._bounded(coro, bound, subject), self._loop)
         done = trio.Event()
         token = self._token
@@ -442,6 +596,24 @@ class NatsStore:
 
         api_subject = ("$JS.API.DIRECT.GET." if self._direct.get(bucket) else "$JS.API.STREAM.MSG.GET.")
         return await self._call(f"get {bucket}/{key}", run(), subject=f"{api_subject}KV_{bucket}")
+
+    async def kv_next(self, bucket: str, key: str, revision: int) -> StreamMsg | None:
+        what = f"get {bucket}/{key}"
+        check_key(bucket, key, what)
+        subject = f"$KV.{bucket}.{key}"
+
+        async def run() -> StreamMsg | None:
+            try:
+                msg = await self._js.get_msg(f"KV_{bucket}", seq=revision + 1, subject=subject, next=True)
+            except nats.js.errors.NotFoundError as e:
+                if e.err_code == _ERR_STREAM_NOT_FOUND:
+                    self.forget_bucket(bucket)
+                    raise NotFound(f"no KV bucket {bucket!r}") from None
+                return None  # no message on the key after it
+            own = {k: str(v) for k, v in (msg.headers or {}).items() if k not in DIRECT_GET_HEADERS}
+            return StreamMsg(f"KV_{bucket}", msg.subject, int(msg.seq), msg.data or b"", own, ts(msg.time))
+
+        return await self._call(what, run(), subject=f"$JS.API.STREAM.MSG.GET.KV_{bucket}")
 
     async def create(self, bucket: str, key: str, value: bytes, *, ttl: float | None = None,
                      headers: Mapping[str, str] | None = None) -> int:
@@ -766,6 +938,335 @@ class NatsStore:
         with contextlib.suppress(HvfsError):  # disconnected too: the subscription must go
             await self._call(f"unwatch {w.bucket}", w._stop(), always=True)
 
+    # -- object store buckets (issue 15; see the section in hvfs.store.base) ---------------
+
+    @property
+    def _obj_seqs(self) -> OrderedDict[tuple[str, str], list[int]]:
+        """The chunk-sequence indexes, (bucket, nuid) -> sequences, least recently used first
+        (made on first use: this section adds nothing to ``__init__``)."""
+        d: OrderedDict[tuple[str, str], list[int]] | None = self.__dict__.get("_obj_seqs_d")
+        if d is None:
+            d = self.__dict__["_obj_seqs_d"] = OrderedDict()
+        return d
+
+    async def obj_buckets(self) -> list[ObjBucketInfo]:
+        async def run() -> list[ObjBucketInfo]:
+            return [_obj_bucket_info(si) for si in await self._all_streams()
+                    if (si.config.name or "").startswith("OBJ_")]
+
+        return await self._call("list object buckets", run(), subject="$JS.API.STREAM.LIST")
+
+    async def obj_bucket(self, name: str) -> ObjBucketInfo:
+        check_bucket(name, f"object bucket {name}")
+
+        async def run() -> ObjBucketInfo:
+            try:
+                return _obj_bucket_info(await self._js.stream_info(f"OBJ_{name}"))
+            except nats.js.errors.NotFoundError:
+                raise NotFound(f"no object bucket {name!r}") from None
+
+        return await self._call(f"object bucket {name}", run(), subject=f"$JS.API.STREAM.INFO.OBJ_{name}")
+
+    async def create_obj_bucket(self, name: str, *, max_bytes: int = -1, max_age: float = 0.0,
+                                replicas: int = 1, storage: str = "file") -> ObjBucketInfo:
+        what = f"create object bucket {name}"
+        check_new_bucket(name, what)
+        check_limits(what, max_age=max_age, max_size=max_bytes, replicas=replicas, storage=storage)
+        want = {"max_bytes": max_bytes if max_bytes > 0 else -1, "max_age": float(max_age),
+                "replicas": replicas, "storage": storage}
+        # The stream the NATS clients make for an object store (nats-py create_object_store, Go).
+        cfg = api.StreamConfig(name=f"OBJ_{name}", subjects=[f"$O.{name}.C.>", f"$O.{name}.M.>"],
+                               max_age=max_age or None, max_bytes=max_bytes if max_bytes > 0 else -1,
+                               storage=api.StorageType(storage), num_replicas=replicas,
+                               discard=api.DiscardPolicy.NEW, allow_rollup_hdrs=True, allow_direct=True)
+
+        async def run() -> ObjBucketInfo:
+            try:
+                have = _obj_bucket_info(await self._js.stream_info(f"OBJ_{name}"))
+            except nats.js.errors.NotFoundError:
+                try:
+                    return _obj_bucket_info(await self._js.add_stream(cfg))
+                except nats.js.errors.APIError as e:
+                    if e.err_code != _ERR_STREAM_IN_USE:
+                        raise
+                    have = _obj_bucket_info(await self._js.stream_info(f"OBJ_{name}"))
+            why = differences({k: getattr(have, k) for k in want}, want)
+            if why:
+                raise Invalid(f"{what}: bucket {name} exists with other settings: {why}")
+            return have
+
+        return await self._call(what, run(), subject="$JS.API.STREAM.CREATE")
+
+    async def _obj_meta(self, bucket: str, name: str) -> ObjectInfo | None:
+        """Loop side: the object's current meta (a delete marker too); None: never written.
+        NotFound: no such bucket."""
+        try:
+            msg = await self._js.get_msg(f"OBJ_{bucket}", subject=obj_meta_subject(bucket, name))
+        except nats.js.errors.NotFoundError as e:
+            if e.err_code == _ERR_STREAM_NOT_FOUND:
+                raise NotFound(f"no object bucket {bucket!r}") from None
+            return None
+        return parse_obj_meta(bucket, msg.data or b"", int(msg.seq), ts(msg.time))
+
+    async def obj_info(self, bucket: str, name: str) -> ObjectInfo:
+        what = f"object {bucket}/{name}"
+        check_obj_name(bucket, name, what)
+
+        async def run() -> ObjectInfo:
+            info = await self._obj_meta(bucket, name)
+            if info is None or info.deleted:
+                raise NotFound(f"{what}: no such object" if info is None else f"{what}: deleted")
+            return info
+
+        return await self._call(what, run(), subject=f"$JS.API.STREAM.MSG.GET.OBJ_{bucket}")
+
+    async def _obj_index(self, info: ObjectInfo) -> list[int]:
+        """Loop side: the stream sequences of the object's chunks, in order, read once per
+        nuid (headers only: no chunk's payload comes with it) and cached."""
+        key = (info.bucket, info.nuid)
+        seqs = self._obj_seqs.get(key)
+        if seqs is not None:
+            self._obj_seqs.move_to_end(key)
+            return seqs
+        found: set[int] = set()  # an ordered consumer that restarts may deliver a chunk twice
+        done = asyncio.Event()
+
+        async def on_msg(msg: Any) -> None:
+            meta = msg.metadata
+            found.add(int(meta.sequence.stream))
+            if meta.num_pending == 0 or len(found) >= info.chunks:
+                done.set()
+
+        sub = await self._js.subscribe(obj_chunk_subject(info.bucket, info.nuid), stream=f"OBJ_{info.bucket}",
+                                       cb=on_msg, ordered_consumer=True, headers_only=True,
+                                       deliver_policy=api.DeliverPolicy.ALL,
+                                       inactive_threshold=max(2 * self.timeout, 5.0), pending_msgs_limit=-1)
+        try:
+            ci = await sub.consumer_info()
+            if not ci.num_pending and not (ci.delivered and ci.delivered.consumer_seq):
+                done.set()  # no chunk at all
+            await done.wait()
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(sub.unsubscribe(), self.timeout)
+        seqs = sorted(found)  # one writer publishes an object's chunks in order
+        self._obj_seqs[key] = seqs
+        while len(self._obj_seqs) > _OBJ_INDEXES:
+            self._obj_seqs.popitem(last=False)
+        return seqs
+
+    async def obj_read(self, info: ObjectInfo, first: int, count: int) -> list[bytes]:
+        what = f"read {info.bucket}/{info.name}"
+        if first < 0 or count < 1 or first >= max(info.chunks, 1):
+            raise Invalid(f"{what}: chunks {first}+{count} of {info.chunks}")
+        if info.chunks == 0:
+            return []
+        end = min(first + count, info.chunks)
+        stream, subject = f"OBJ_{info.bucket}", obj_chunk_subject(info.bucket, info.nuid)
+
+        async def gone(why: str) -> HvfsError:
+            """A chunk is not there: the object changed since ``info`` (NotFound), or it is damaged."""
+            cur = await self._obj_meta(info.bucket, info.name)
+            if cur is None or cur.revision != info.revision:
+                self._obj_seqs.pop((info.bucket, info.nuid), None)
+                return NotFound(f"{what}: the object was replaced or deleted since it was opened")
+            return Corrupt(f"{what}: {why}")
+
+        async def one(i: int, seq: int) -> bytes:
+            try:
+                msg = await self._js.get_msg(stream, seq=seq, direct=True)
+            except nats.js.errors.NotFoundError:
+                raise await gone(f"chunk {i} (#{seq}) is missing") from None
+            if msg.subject != subject:
+                raise await gone(f"chunk {i} (#{seq}) is missing")
+            return check_chunk(info, i, msg.data or b"", msg.headers or {}, what)
+
+        async def run() -> list[bytes]:
+            seqs = await self._obj_index(info)
+            if len(seqs) != info.chunks:
+                raise await gone(f"{len(seqs)} chunks in NATS, its meta says {info.chunks}")
+            out = list(await asyncio.gather(*(one(i, seqs[i]) for i in range(first, end))))
+            if first == 0 and end == info.chunks:
+                check_digest(info, out, what)
+            return out
+
+        # The index, when not cached, is one headers-only read of every chunk: bounded as kv_since.
+        index = 0 if (info.bucket, info.nuid) in self._obj_seqs else info.chunks // _READ_BATCH
+        return await self._call(what, run(), bound=self.timeout * (2 + (end - first) // 8 + index),
+                                subject=f"$JS.API.DIRECT.GET.{stream}")
+
+    async def obj_put(self, bucket: str, name: str, path: str, last: int, *,
+                      headers: Mapping[str, str] | None = None,
+                      metadata: Mapping[str, str] | None = None,
+                      chunk_size: int = OBJ_CHUNK_SIZE) -> ObjectInfo:
+        what = f"put {bucket}/{name}"
+        check_obj_name(bucket, name, what)
+        hdrs = check_headers(headers, what)
+        if chunk_size < 1:
+            raise Invalid(f"{what}: a chunk size is positive")
+        try:
+            size = os.stat(path).st_size
+        except OSError as e:
+            raise Invalid(f"{what}: {path}: {e.strerror}") from None
+        stream = f"OBJ_{bucket}"
+        nuid = _NUID.next().decode()
+        chunk_subj = obj_chunk_subject(bucket, nuid)
+
+        async def run() -> ObjectInfo:
+            cur = await self._obj_meta(bucket, name)
+            expect = check_last(cur, last, what)
+            window: list[asyncio.Future[Any]] = []
+            seqs: list[int] = []
+            h = hashlib.sha256()
+            chunks = total = 0
+            sent = False
+
+            async def settle(fut: asyncio.Future[Any]) -> None:
+                ack = await fut
+                if seqs and int(ack.seq) <= seqs[-1]:
+                    raise Unavailable(f"{what}: chunks stored out of order")  # never seen; checked anyway
+                seqs.append(int(ack.seq))
+
+            try:
+                fd = os.open(path, os.O_RDONLY)
+                try:
+                    while True:
+                        buf = _read_full(fd, chunk_size)
+                        if not buf:
+                            break
+                        h.update(buf)
+                        ch = {CHUNK_DIGEST_HEADER: sha256_digest(hashlib.sha256(buf).digest())}
+                        # Up to _PUT_WINDOW chunks in flight: the tasks start in order, and each
+                        # writes its message before it first waits, so the chunks are stored in order.
+                        window.append(asyncio.ensure_future(
+                            self._js.publish(chunk_subj, buf, stream=stream, headers=ch)))
+                        sent = True
+                        chunks, total = chunks + 1, total + len(buf)
+                        if len(window) >= _PUT_WINDOW:
+                            await settle(window.pop(0))
+                finally:
+                    os.close(fd)
+                while window:
+                    await settle(window.pop(0))
+                if total != size:
+                    raise Invalid(f"{what}: {path} changed while it was sent")
+                doc = obj_meta_doc(bucket, name, nuid, total, chunks, sha256_digest(h.digest()) if total else "",
+                                   chunk_size, hdrs, metadata)
+                ack = await self._js.publish(obj_meta_subject(bucket, name), doc, stream=stream,
+                                             headers={"Nats-Rollup": "sub", EXPECTED_LAST: str(expect)})
+            except BaseException as e:
+                for fut in window:
+                    fut.cancel()
+                if sent:
+                    await asyncio.shield(self._obj_purge(stream, chunk_subj))
+                if isinstance(e, nats.js.errors.APIError) and e.err_code in _ERR_WRONG_LAST:
+                    now = await self._obj_meta(bucket, name)
+                    raise Conflict(f"{what}: revision {last} is not current",
+                                   current=now.revision if now is not None and not now.deleted else 0) from None
+                raise _obj_error(e, what) from None
+            if cur is not None and not cur.deleted and cur.nuid and cur.nuid != nuid:
+                await self._obj_purge(stream, obj_chunk_subject(bucket, cur.nuid))
+            self._obj_seqs[(bucket, nuid)] = seqs
+            return parse_obj_meta(bucket, doc, int(ack.seq), time.time())
+
+        bound = self.timeout * (3 + size // (OBJ_CHUNK_SIZE * 8))
+        return await self._call(what, run(), bound=bound, subject=chunk_subj)
+
+    async def _obj_purge(self, stream: str, subject: str) -> None:
+        """Loop side: drop chunks nothing refers to (best effort, bounded: left if NATS is away)."""
+        try:
+            await asyncio.wait_for(self._js.purge_stream(stream, subject=subject), self.timeout)
+        except Exception as e:
+            log.info("purge %s %s: %s (left unreferenced)", stream, subject, e)
+
+    async def obj_delete(self, bucket: str, name: str, last: int | None = None) -> None:
+        what = f"delete {bucket}/{name}"
+        check_obj_name(bucket, name, what)
+        stream = f"OBJ_{bucket}"
+
+        async def run() -> None:
+            cur = await self._obj_meta(bucket, name)
+            if cur is None or cur.deleted:
+                raise NotFound(f"{what}: no such object")
+            if last and last != cur.revision:
+                raise Conflict(f"{what}: revision {last} is not current", current=cur.revision)
+            doc = obj_meta_doc(bucket, name, cur.nuid, 0, 0, "", cur.chunk_size, cur.headers, cur.metadata,
+                               deleted=True)
+            try:
+                await self._js.publish(obj_meta_subject(bucket, name), doc, stream=stream,
+                                       headers={"Nats-Rollup": "sub", EXPECTED_LAST: str(cur.revision)})
+            except nats.js.errors.APIError as e:
+                if e.err_code in _ERR_WRONG_LAST:
+                    raise Conflict(f"{what}: the object changed meanwhile") from None
+                raise
+            if cur.nuid:
+                await self._obj_purge(stream, obj_chunk_subject(bucket, cur.nuid))
+
+        await self._call(what, run(), subject=f"$O.{bucket}.M.")
+
+    async def obj_rename(self, bucket: str, name: str, new: str, last: int, new_last: int) -> ObjectInfo:
+        what = f"rename {bucket}/{name} to {new}"
+        check_obj_name(bucket, name, what)
+        check_obj_name(bucket, new, what)
+        stream = f"OBJ_{bucket}"
+
+        async def run() -> ObjectInfo:
+            src = await self._obj_meta(bucket, name)
+            if src is None or src.deleted:
+                raise NotFound(f"{what}: no such object")
+            if last and last != src.revision:
+                raise Conflict(f"{what}: revision {last} is not current", current=src.revision)
+            dst = await self._obj_meta(bucket, new)
+            expect = check_last(dst, new_last, what)
+            doc = obj_meta_doc(bucket, new, src.nuid, src.size, src.chunks, src.digest, src.chunk_size,
+                               src.headers, src.metadata)
+            try:
+                ack = await self._js.publish(obj_meta_subject(bucket, new), doc, stream=stream,
+                                             headers={"Nats-Rollup": "sub", EXPECTED_LAST: str(expect)})
+                # The old name's marker keeps the nuid: no client purges the chunks of a marker.
+                gone = obj_meta_doc(bucket, name, src.nuid, 0, 0, "", src.chunk_size, src.headers,
+                                    src.metadata, deleted=True)
+                await self._js.publish(obj_meta_subject(bucket, name), gone, stream=stream,
+                                       headers={"Nats-Rollup": "sub", EXPECTED_LAST: str(src.revision)})
+            except nats.js.errors.APIError as e:
+                if e.err_code in _ERR_WRONG_LAST:
+                    raise Conflict(f"{what}: an object changed meanwhile") from None
+                raise
+            if dst is not None and not dst.deleted and dst.nuid and dst.nuid != src.nuid:
+                await self._obj_purge(stream, obj_chunk_subject(bucket, dst.nuid))
+            return parse_obj_meta(bucket, doc, int(ack.seq), time.time())
+
+        return await self._call(what, run(), subject=f"$O.{bucket}.M.")
+
+    async def obj_list(self, bucket: str) -> list[ObjectInfo]:
+        what = f"list {bucket}"
+        check_bucket(bucket, what)
+        stream, missing = f"OBJ_{bucket}", f"no object bucket {bucket!r}"
+        first, last, count = await self._span(stream, missing, what)
+        found: list[ObjectInfo] = []
+
+        def keep(msg: Any, meta: Any, seq: int) -> None:
+            info = parse_obj_meta(bucket, msg.data or b"", seq, ts(meta.timestamp))
+            if not info.deleted:
+                found.append(info)
+
+        async def run() -> list[ObjectInfo]:
+            if last:
+                await read_since(self, stream, f"$O.{bucket}.M.>", 1, True, keep, missing)
+            return sorted(found, key=lambda i: i.revision)
+
+        return await self._call(what, run(), bound=self._read_bound(count),
+                                subject=f"$JS.API.CONSUMER.CREATE.{stream}")
+
+    async def obj_watch(self, bucket: str, sink: WatchSink) -> KvWatch:
+        check_bucket(bucket, f"watch {bucket}")
+        assert self._token is not None
+        w = ObjWatch(self, bucket, sink, self._token)
+        await self._call(f"watch {bucket}", w.start(), bound=max(self.timeout, 10.0),
+                         subject=f"$JS.API.CONSUMER.CREATE.OBJ_{bucket}")
+        self._watches.add(w)
+        return w
+
 
 def _map_error(e: BaseException, what: str) -> HvfsError:
     """Translate a nats-py exception into the project's own (one place)."""
@@ -802,3 +1303,107 @@ def _map_error(e: BaseException, what: str) -> HvfsError:
     if isinstance(e, asyncio.CancelledError):
         return Unavailable(f"{what}: cancelled")
     return Unavailable(f"{what}: {type(e).__name__}: {e}")
+
+
+# -- object store (issue 15) --------------------------------------------------------
+
+#: chunk publishes in flight at once during a put (each 128 KiB by default)
+_PUT_WINDOW = 8
+#: objects whose chunk-sequence index is kept
+_OBJ_INDEXES = 64
+_ERR_STORE_FAILED = 10077  # "maximum bytes exceeded" and other refusals of the stream's store
+_NUID = NUID()
+
+
+def _read_full(fd: int, n: int) -> bytes:
+    """Up to ``n`` bytes of a local file: fewer only at its end."""
+    parts: list[bytes] = []
+    while n > 0:
+        b = os.read(fd, n)
+        if not b:
+            break
+        parts.append(b)
+        n -= len(b)
+    return b"".join(parts)
+
+
+def _obj_bucket_info(si: Any) -> ObjBucketInfo:
+    c = si.config
+    mb = c.max_bytes
+    return ObjBucketInfo(name=c.name[4:], max_bytes=mb if mb and mb > 0 else -1, max_age=float(c.max_age or 0.0),
+                         replicas=int(c.num_replicas or 1), storage=storage_of(c), sealed=bool(c.sealed))
+
+
+def _obj_error(e: BaseException, what: str) -> BaseException:
+    """A put's failure: the stream's byte limit is TooLarge (nothing stored); the rest as any call's."""
+    if isinstance(e, nats.js.errors.APIError):
+        text = (e.description or "").lower()
+        if e.err_code == _ERR_STORE_FAILED or "maximum bytes" in text or "resource limits" in text:
+            return TooLarge(f"{what}: over the bucket's max bytes ({e.description}); nothing stored")
+    if isinstance(e, HvfsError | asyncio.CancelledError):
+        return e
+    if isinstance(e, Exception):
+        return _map_error(e, what)
+    return e
+
+
+class ObjWatch(KvWatch):
+    """An object bucket's meta subjects: the latest meta of every object, then changes.
+    Unlike a KV watch it takes the payloads (the meta JSON is small): size, digest and
+    the delete flag are in it, not in headers."""
+
+    @property
+    def stream_name(self) -> str:
+        return f"OBJ_{self.bucket}"
+
+    @property
+    def _missing(self) -> str:
+        return f"no object bucket {self.bucket!r}"
+
+    def _item(self, msg: Any, meta: Any, size: int) -> ObjChange:  # type: ignore[override]
+        seq, stamp = int(meta.sequence.stream), ts(meta.timestamp)
+        try:
+            info = parse_obj_meta(self.bucket, msg.data or b"", seq, stamp)
+        except Corrupt as e:
+            log.warning("watch %s: %s", self.bucket, e.reason)
+            return ObjChange(self.bucket, "", True, seq, 0, stamp)
+        return ObjChange(self.bucket, info.name, info.deleted, seq, info.size, info.time, info.digest,
+                         info.metadata)
+
+    async def start(self) -> None:
+        """As KvWatch.start, on ``$O.<bucket>.M.>`` with payloads."""
+        self._gen += 1
+        gen = self._gen
+        self._synced = False
+        self._hold()
+        self._emit(RESYNC)
+
+        async def on_msg(msg: Any) -> None:
+            if gen != self._gen:
+                return
+            meta = msg.metadata
+            item = self._item(msg, meta, 0)
+            if item.name:
+                self._emit(item)
+            if not self._synced and meta.num_pending == 0:
+                self._synced = True
+                self._emit(SYNCED)
+
+        try:
+            try:
+                self.sub = await self.store._js.subscribe(
+                    f"$O.{self.bucket}.M.>", stream=self.stream_name, cb=on_msg, ordered_consumer=True,
+                    deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT, inactive_threshold=300.0,
+                    pending_msgs_limit=-1)
+                info = await self.sub.consumer_info()
+            except nats.js.errors.NotFoundError:
+                raise NotFound(self._missing) from None
+        except BaseException:
+            self._drop()
+            await asyncio.shield(self._stop())
+            raise
+        sent = info.delivered.consumer_seq if info.delivered is not None else 0
+        if info.num_pending == 0 and not sent and not self._synced:
+            self._synced = True
+            self._emit(SYNCED)
+        self._release()

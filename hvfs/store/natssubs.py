@@ -36,7 +36,7 @@ from .base import (
     StreamInfo,
     WatchSink,
 )
-from .rules import op_of
+from .rules import MSG_ID, op_of
 
 __all__ = ["KvWatch", "NatsQueue", "StreamWatch", "op_of", "read_since", "storage_of", "stream_info", "ts"]
 
@@ -134,7 +134,8 @@ class KvWatch:
     def _item(self, msg: Any, meta: Any, size: int) -> KvChange:
         op = op_of(msg.headers)
         return KvChange(self.bucket, msg.subject[len(self.pre):], op, int(meta.sequence.stream),
-                        size if op is Op.PUT else 0, ts(meta.timestamp))
+                        size if op is Op.PUT else 0, ts(meta.timestamp),
+                        (msg.headers or {}).get(MSG_ID, ""))
 
     async def start(self) -> None:
         """(Re)start the snapshot: RESYNC, every current entry, SYNCED, then live changes.

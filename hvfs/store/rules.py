@@ -26,6 +26,7 @@ __all__ = [
 KV_OP = "KV-Operation"
 #: a message's own time to live (whole seconds here); the server needs the stream's allow_msg_ttl
 MSG_TTL = "Nats-TTL"
+MSG_ID = "Nats-Msg-Id"
 #: on a marker the server writes itself: "MaxAge" when a subject's last message expired
 MARKER_REASON = "Nats-Marker-Reason"
 EXPECTED_LAST = "Nats-Expected-Last-Subject-Sequence"

@@ -11,11 +11,13 @@ in-memory store and a real nats-server.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import trio
 
@@ -41,8 +43,12 @@ from .handles import Handle
 from .kv import XATTRS, KvProvider
 from .layout import Layout
 from .meta import MetaProvider
+from .objects import ObjectBucketsProvider, ObjectProvider
+from .offline import Offline
 from .provider import Provider, Services
 from .queues import QueueProvider
+from .resolve import UNKNOWN, Resolver
+from .spool import Spool
 from .stream import StreamProvider, StreamsProvider
 from .tree import Kind, Node, Tree, display
 
@@ -66,13 +72,20 @@ def _check_name(name: bytes) -> None:
 class Vfs:
     def __init__(self, store: Store, config: MountConfig | None = None, read_only: bool = False,
                  max_payload: int = DEFAULT_MAX_PAYLOAD, metrics: Metrics | None = None,
-                 writer: str = "hvfs") -> None:
+                 writer: str = "hvfs", state_dir: Path | None = None, offline: bool = False) -> None:
         self.store = store
         self.config = config or MountConfig()
         self.read_only = read_only
         self.tree = Tree()
         self.metrics = metrics or Metrics()
-        self.sv = Services(store, self.tree, self.metrics, read_only, max_payload, writer)
+        #: the mount's local state (spool, conflicts): kept across restarts; None: in memory only
+        self.state_dir = state_dir
+        conflicts = Conflicts(state_dir)
+        self.sv = Services(store, self.tree, self.metrics, read_only, max_payload, writer,
+                           conflicts=conflicts, spool=Spool(state_dir))
+        self.resolver = self.sv.resolver = Resolver(store, conflicts)
+        #: pending writes (always: an earlier mount's are applied) and, with ``offline``, the mode
+        self.offline = self.sv.offline = Offline(store, self.sv.spool, conflicts, offline)
         self.layout = Layout(store, self.config, writer)
         self.conflicts: Conflicts = self.sv.conflicts
         self.errors: ErrorLog = self.sv.errors
@@ -85,6 +98,8 @@ class Vfs:
         self.listed: dict[int, float] = {}
         self.tree.root.provider = Provider(self.sv)  # "/" and the dirs above bindings: fixed
         self.kv = KvProvider(self.sv, self.handles)
+        self.offline.on_settled.append(self.kv.pending_settled)
+        self.resolver.on_landed.append(self.kv.refresh_key)
         self.streams = StreamProvider(self.sv)
         self.queues = QueueProvider(self.sv)
         self.kv_dir: Node | None = None
@@ -93,9 +108,14 @@ class Vfs:
             self.kv_dir = self.tree.mkdirs("kv")
             self.buckets = BucketsProvider(self.sv, self.kv, self.kv_dir)
             StreamsProvider(self.sv, self.streams, self.tree.mkdirs("streams"))
+        #: obj/: every object store bucket (hvfs.vfs.objects); writers spool under the state directory
+        self.objects = ObjectProvider(self.sv, state_dir / "objects" if state_dir is not None else None)
+        self.obj_buckets: ObjectBucketsProvider | None = None
+        if self.config.raw:
+            self.obj_buckets = ObjectBucketsProvider(self.sv, self.objects, self.tree.mkdirs("obj"))
         #: more sections of the status, each rendered when read (the mount's settler: "settle")
         self.extra_status: dict[str, Callable[[], object]] = {}
-        self.control = ControlProvider(self.sv, self.render_status)
+        self.control = ControlProvider(self.sv, self.render_status, self.offline)
         if self.config.meta:
             MetaProvider(self.sv, self.config.meta, self.status, self.layout.describe())
         self._register_metrics()
@@ -104,6 +124,7 @@ class Vfs:
 
     async def start(self) -> None:
         """Bind configured paths and (raw view) every bucket and stream; wait for their snapshots."""
+        self.recover()
         lay = self.layout
         for b in self.config.bindings:
             await lay.bucket(b)
@@ -119,6 +140,8 @@ class Vfs:
         if self.buckets is not None:
             await self.buckets.refresh()
         await self.streams.refresh_streams()
+        if self.obj_buckets is not None:
+            await self.obj_buckets.refresh()
 
     async def poll_buckets(self, interval: float = 1.0,
                            task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -132,15 +155,41 @@ class Vfs:
                 if self.buckets is not None:
                     await self.buckets.refresh()
                 await self.streams.refresh_streams()
+                if self.obj_buckets is not None:
+                    await self.obj_buckets.refresh()
             except HvfsError as e:
                 log.debug("bucket poll: %s", e.reason)
             except Exception:
                 # A background task must not take the mount down with it.
                 log.exception("bucket poll failed")
 
+    def recover(self) -> None:
+        """Bytes an earlier daemon on this state directory accepted and died with (kill -9,
+        OOM): each becomes a conflict entry, never re-applied on its own; a KV write that
+        may have been under way gets its outcome found out (hvfs.vfs.resolve)."""
+        for c in list(self.conflicts.items.values()):
+            if c.outcome == UNKNOWN and c.msg_id:
+                self.resolver.add(c)  # an earlier mount did not find out: this one goes on
+        for entry, data in self.sv.spool.leftovers():
+            if entry.pending:
+                # Acknowledged (offline mode: close() returned 0): applied when NATS answers.
+                pw = self.offline.restore(entry, data)
+                log.warning("an earlier mount's pending write of %s (%d bytes) will be applied", pw.path, len(data))
+                continue
+            reason = (f"{entry.path}: hvfs stopped before these bytes were published (the daemon "
+                      "died: killed, out of memory, or a crash); not applied: copy them back to apply them")
+            kv = entry.kind == "kv"
+            c = self.conflicts.add(entry.where, entry.key, entry.base, None, errno.EIO, reason, data,
+                                   outcome=UNKNOWN if kv else "", msg_id=entry.msg_id if kv else "",
+                                   when=entry.time)
+            if kv:
+                self.resolver.add(c)
+            log.warning("recovered %d unpublished bytes of %s into .hvfs/conflicts/%s", len(data), entry.path, c.file)
+
     async def close(self) -> None:
         await self.kv.close()
         await self.streams.close()
+        self.sv.spool.close()
 
     # -- nodes and handles ---------------------------------------------------------
 
@@ -440,7 +489,11 @@ class Vfs:
                                  ("publishes", "revisions and messages this mount published", None),
                                  ("conflicts", "compare-and-swap writes that lost", "hvfs_cas_conflicts"),
                                  ("refused", "writes a typed binding refused (EINVAL)", "hvfs_refused_writes"),
-                                 ("changes_seen", "changes the watches reported", "hvfs_watch_changes")):
+                                 ("changes_seen", "changes the watches reported", "hvfs_watch_changes"),
+                                 ("pending", "writes kept pending while NATS was away (--offline)",
+                                  "hvfs_offline_writes"),
+                                 ("stale_reads", "reads served from memory while NATS was away (--offline)",
+                                  "hvfs_stale_reads")):
             m.counter(f"vfs.{name}", help, prom)
         st = self.store.state
         m.gauge("nats.connected", lambda: st.connected, "connected to NATS (1) or not (0)")
@@ -457,6 +510,10 @@ class Vfs:
                 "hvfs_conflict_files")
         m.gauge("conflicts.total", lambda: self.conflicts.total, "conflict files made",
                 "hvfs_conflict_files_made", counter=True)
+        m.gauge("offline.pending", lambda: len(self.offline.pending), "pending writes not yet in NATS",
+                "hvfs_pending_writes")
+        m.gauge("conflicts.outcome_unknown", self.resolver.pending,
+                "timed-out writes whose outcome is not known yet", "hvfs_writes_outcome_unknown")
         m.gauge("errors.total", lambda: self.errors.total, "errors returned with a reason",
                 "hvfs_errors_reported", counter=True)
         m.labelled("fuse.requests", "FUSE requests answered, by operation", ["op"])
@@ -485,6 +542,7 @@ class Vfs:
             "uptime_s": round(time.time() - self.started, 1),
             "buckets": sorted(self.kv.views),
             "streams": sorted(self.streams.streams),
+            "object_buckets": sorted(self.objects.views),
             "messages": m.value("vfs.messages"),
             "queues": {q.binding.path: {"held": len(q.held), "acked": q.acked, "released": q.released}
                        for q in self.queues.queues},
@@ -495,8 +553,14 @@ class Vfs:
             | {"last_error": st.last_error},
             "counters": {k: m.value(f"vfs.{k}") for k in
                          ("opens", "reads", "publishes", "conflicts", "refused", "changes_seen")},
-            "conflicts": {"held": m.value("conflicts.held"), "total": m.value("conflicts.total")},
+            "conflicts": {"held": m.value("conflicts.held"), "total": m.value("conflicts.total"),
+                          "outcome_unknown": self.resolver.pending()},
             "errors_total": m.value("errors.total"),
+            "state_dir": str(self.state_dir) if self.state_dir is not None else None,
+            "spool": {"handles": self.sv.spool.held(), "errors": self.sv.spool.errors},
+            "offline": {"enabled": self.offline.enabled, "pending": m.value("offline.pending"),
+                        "applied": self.offline.applied, "lost": self.offline.lost,
+                        "stale_reads": m.value("vfs.stale_reads")},
         }
         notifier = m.group("notifier")
         if notifier:

@@ -30,16 +30,19 @@ from ..errors import (
     NotPermitted,
     NotSupported,
     TooLarge,
+    Unavailable,
 )
 from ..store import RESYNC, SYNCED, KvChange, KvEntry, Op, Watch
 from ..store.rules import write_header_bytes
 from .handles import Handle
+from .offline import unreachable
 from .policy import WRITER_HEADER, Publish, WritePolicy, WriterLink
 from .provider import Provider, Services
 from .revision import REVISION_XATTRS, XATTRS, RevisionProvider
+from .spool import MSG_ID_LEN
 from .tree import Kind, KvView, Node, display
 
-__all__ = ["KvProvider", "XATTRS", "parse_ttl", "ttl_of"]
+__all__ = ["KvProvider", "MSG_ID_HEADER", "XATTRS", "parse_ttl", "ttl_of", "value_headers"]
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +51,18 @@ _WRITE = os.O_WRONLY | os.O_RDWR
 
 
 TTL_HEADER = "Nats-TTL"
+#: every value a handle publishes carries one (hvfs.vfs.spool.Spool.msg_id): a write that timed
+#: out can be told landed or not (hvfs.vfs.resolve)
+MSG_ID_HEADER = "Nats-Msg-Id"
+
+
+#: present while the file has a pending write (offline mode) / was last read from memory
+STATE_XATTRS = (b"user.hvfs.pending", b"user.hvfs.stale")
+
+
+def value_headers(writer: str) -> dict[str, str]:
+    """The extra headers of a handle's publish, at their largest: what its size limit leaves room for."""
+    return {WRITER_HEADER: writer, MSG_ID_HEADER: "hvfs-" + "x" * MSG_ID_LEN}
 #: keys whose last refused write's reason the mount keeps for user.hvfs.error
 _REFUSED_KEPT = 4096
 
@@ -107,6 +122,8 @@ class KvProvider(Provider):
         self.revisions = RevisionProvider(sv, self)
         #: (bucket, key) -> (the revision then current, why): the last write this mount refused
         self.refused: dict[tuple[str, str], tuple[int, str]] = {}
+        #: keys whose last read was served from memory while NATS was away (user.hvfs.stale)
+        self.stale: set[tuple[str, str]] = set()
 
     # -- views and watches ----------------------------------------------------
 
@@ -180,6 +197,8 @@ class KvProvider(Provider):
                         ev.set()
             else:
                 assert isinstance(item, KvChange)
+                if item.msg_id and self.sv.resolver is not None:
+                    self.sv.resolver.seen(item.msg_id, item.revision)
                 self.sv.metrics.inc("vfs.changes_seen")
                 self.sv.metrics.observe("watch.lag_seconds", max(0.0, time.time() - item.time))
                 for v in views:
@@ -270,6 +289,12 @@ class KvProvider(Provider):
     # -- files --------------------------------------------------------------------
 
     def size(self, node: Node) -> int:
+        off = self.sv.offline
+        if off is not None and off.pending and node.view is not None and node.kind is Kind.KV \
+                and self.sv.writers.get(node.ino) is None:
+            pw = off.of(node.view.bucket, node.key)
+            if pw is not None:
+                return len(self.policy(node.view).on_read(node, pw.data)) if node.view.suffix else len(pw.data)
         if node.cached_open > 0:
             # Readers share the page cache, clipped at the kernel's size: while
             # one is open its content's size stands (docs/consistency.md).
@@ -361,7 +386,7 @@ class KvProvider(Provider):
         if bi.max_value_size > 0:
             limit = min(limit, bi.max_value_size)
         pol = self.policy(view)
-        return limit - write_header_bytes(view.bucket, pol.ttl, {WRITER_HEADER: self.sv.writer})
+        return limit - write_header_bytes(view.bucket, pol.ttl, value_headers(self.sv.writer))
 
     async def check_size(self, h: Handle, size: int, intended: Callable[[], bytes]) -> None:
         """EFBIG before a value grows past what its bucket takes; the handle is refused for good."""
@@ -382,18 +407,29 @@ class KvProvider(Provider):
         data = bytes(h.data)
         h.dirty = h.wrote = False
         pol = self.policy(view)
+        msg_id = ""
+        off = self.sv.offline
         try:
             p = await pol.on_write(node, data, _kept_ttl(pol, h.ttl))
+            msg_id = self.sv.spool.msg_id(h)
+            if off is not None and off.of(view.bucket, node.key) is not None:
+                # A write of a key with a pending write joins it: applied in order, never around it.
+                self._keep_pending(h, p, msg_id, sent=False)
+                return
             with view.muted(node.key):
-                rev = await self.sv.store.update(view.bucket, node.key, p.value, h.base,
-                                                 ttl=p.ttl, headers=p.headers)
+                rev = await self.sv.store.update(view.bucket, node.key, p.value, h.base, ttl=p.ttl,
+                                                 headers={**p.headers, MSG_ID_HEADER: msg_id})
         except HvfsError as e:
+            if off is not None and off.enabled and msg_id and unreachable(e) and node.kind is Kind.KV:
+                # Offline mode: NATS is away; the bytes are spooled durably, applied when it is back.
+                self._keep_pending(h, p, msg_id, sent=not (isinstance(e, Unavailable) and not e.sent))
+                return
             current = e.current if isinstance(e, Conflict) else None
             if isinstance(e, Exists | Conflict):
                 self.sv.metrics.inc("vfs.conflicts")
                 if current is None:
                     current = await self.safe_current(view, node.key)
-            self.sv.fail(h, e, data, view.bucket, current)
+            self.sv.fail(h, e, data, view.bucket, current, msg_id)
             if isinstance(e, Invalid):
                 self.sv.metrics.inc("vfs.refused")
                 await self._refused(h, e)
@@ -413,6 +449,37 @@ class KvProvider(Provider):
         if newer and target.parent is not None:
             # Another writer's revision arrived while ours was in flight.
             self.sv.tree.notify(target.parent, target.name, target, "modify")
+
+    def _keep_pending(self, h: Handle, p: Publish, msg_id: str, sent: bool) -> None:
+        """Offline mode: the handle's bytes become the key's pending write (hvfs.vfs.offline)."""
+        off = self.sv.offline
+        node, view = h.node, h.node.view
+        assert off is not None and view is not None
+        spool_id = self.sv.spool.adopt(h)  # its files, fsync'd, are the pending write's now
+        off.keep(view.bucket, node.key, display(node), h.base, p.value, msg_id, spool_id, p.ttl,
+                      {k: v for k, v in p.headers.items() if k != MSG_ID_HEADER}, sent)
+        self.sv.metrics.inc("vfs.pending")
+        self.sv.published(h)
+        node.mtime = node.ctime = time.time()
+
+    async def refresh_key(self, bucket: str, key: str) -> None:
+        """A write of ours that timed out did land: the index learns its revision now, not
+        when the watch catches up (a later O_TRUNC open bases its CAS on it)."""
+        for view in self.views.get(bucket, []):
+            node = view.keys.get(key)
+            if node is not None and node.kind is Kind.KV:
+                try:
+                    await self.fetch(node)
+                except HvfsError:
+                    pass
+                return
+
+    def pending_settled(self, bucket: str, key: str) -> None:
+        """A pending write landed or lost: the file shows NATS's value again; the kernel is told."""
+        for view in self.views.get(bucket, []):
+            node = view.keys.get(key)
+            if node is not None and node.parent is not None:
+                self.sv.tree.notify(node.parent, node.name, node, "modify")
 
     async def _refused(self, h: Handle, e: HvfsError) -> None:
         """A write the binding refused: the value in NATS stays as it was, and the
@@ -440,11 +507,26 @@ class KvProvider(Provider):
         """The key's latest value from NATS, recorded in the index; ENOENT if it is gone."""
         view = node.view
         assert view is not None
+        off = self.sv.offline
+        if off is not None:
+            pw = off.of(view.bucket, node.key)
+            if pw is not None:  # this mount's own pending write: read your writes
+                return KvEntry(view.bucket, node.key, pw.data, pw.base, pw.time, dict(pw.headers))
         try:
             entry = await self.sv.store.get(view.bucket, node.key)
         except NotFound:
             view.remove(node.key, None)
             raise NotFound(f"{display(node)}: the key is gone") from None
+        except HvfsError as e:
+            kept = off.recall(view.bucket, node.key) if off is not None and off.enabled and unreachable(e) else None
+            if kept is None:
+                raise
+            self.sv.metrics.inc("vfs.stale_reads")
+            self.stale.add((view.bucket, node.key))
+            return kept
+        self.stale.discard((view.bucket, node.key))
+        if off is not None:
+            off.remember(entry)
         view.put(node.key, entry.revision, len(entry.value), entry.time)
         node.ttl = ttl_of(entry.headers)
         return entry
@@ -640,7 +722,7 @@ class KvProvider(Provider):
         if node.view is None:
             return []
         if node.kind in (Kind.KV, Kind.REV):
-            return list(XATTRS) + list(REVISION_XATTRS)
+            return list(XATTRS) + list(REVISION_XATTRS) + list(STATE_XATTRS)
         return [b"user.hvfs.bucket", b"user.hvfs.key"]
 
     async def xattrs(self, node: Node, pid: int) -> dict[bytes, bytes]:
@@ -668,6 +750,12 @@ class KvProvider(Provider):
             writer = entry.headers.get(WRITER_HEADER)
             if writer:
                 out[b"user.hvfs.writer"] = writer.encode()
+        off = self.sv.offline
+        pw = off.of(view.bucket, node.key) if off is not None else None
+        if pw is not None:
+            out[b"user.hvfs.pending"] = f".hvfs/pending/{pw.name}".encode()
+        if (view.bucket, node.key) in self.stale:
+            out[b"user.hvfs.stale"] = b"NATS unreachable: this is the value this mount read last"
         why = None
         refused = self.refused.get((view.bucket, node.key))
         if refused is not None and refused[0] == rev:

@@ -15,11 +15,23 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..errors import HvfsError, Invalid, NotPermitted, NotSupported, ReadOnly, errno_of
+from ..errors import (
+    HvfsError,
+    Invalid,
+    NotPermitted,
+    NotSupported,
+    ReadOnly,
+    Timeout,
+    Unavailable,
+    errno_of,
+)
 from ..metrics import Metrics
 from ..store import Store
 from .control import Conflicts, ErrorLog, EventLog
 from .handles import Handle
+from .offline import Offline
+from .resolve import UNKNOWN, Resolver
+from .spool import Spool
 from .tree import Kind, Node, Tree, display
 
 __all__ = ["Provider", "Services", "spliced"]
@@ -50,13 +62,35 @@ class Services:
     events: EventLog = field(default_factory=EventLog)
     #: ino -> the handle whose unpublished bytes define the size the kernel sees
     writers: dict[int, Handle] = field(default_factory=dict)
+    #: unpublished bytes on local disk, so a crash of the daemon loses none (hvfs.vfs.spool)
+    spool: Spool = field(default_factory=lambda: Spool(None))
+    #: finds out what became of writes that timed out (set by the facade)
+    resolver: Resolver | None = None
+    #: pending writes and the read cache; ``offline.enabled`` with ``--offline`` (set by the facade)
+    offline: Offline | None = None
 
-    def fail(self, h: Handle, err: HvfsError, data: bytes, where: str, current: int | None = None) -> None:
-        """End ``h`` with ``err``: its bytes go to .hvfs/conflicts/, later calls fail alike."""
+    def fail(self, h: Handle, err: HvfsError, data: bytes, where: str, current: int | None = None,
+             msg_id: str = "") -> None:
+        """End ``h`` with ``err``: its bytes go to .hvfs/conflicts/, later calls fail alike.
+
+        ``msg_id``: the write was sent with it, and ``err`` (a timeout, a connection lost
+        under the call) does not say whether it landed: the entry's outcome is "unknown"
+        until the resolver finds out (hvfs.vfs.resolve).
+        """
         h.dirty = h.wrote = False
         self.published(h)  # nothing of it is pending any more
-        c = self.conflicts.add(where, h.node.key, h.base, current, errno_of(err), err.reason, data)
-        err.reason = f"{err.reason}; your bytes are in .hvfs/conflicts/{c.file}"
+        unknown = bool(msg_id) and self.resolver is not None and (
+            isinstance(err, Timeout) or isinstance(err, Unavailable) and err.sent)
+        c = self.conflicts.add(where, h.node.key, h.base, current, errno_of(err), err.reason, data,
+                               outcome=UNKNOWN if unknown else "", msg_id=msg_id if unknown else "")
+        if unknown:
+            assert self.resolver is not None
+            self.resolver.add(c)
+            err.reason = (f"{err.reason}; whether the write landed is not known yet: your bytes are in "
+                          f".hvfs/conflicts/{c.file}, and its line in .hvfs/conflicts/index gets the "
+                          "outcome (landed or not landed) once it is")
+        else:
+            err.reason = f"{err.reason}; your bytes are in .hvfs/conflicts/{c.file}"
         h.failed = err
 
     def changed(self, h: Handle) -> None:
@@ -66,9 +100,11 @@ class Services:
         h.node.mtime = h.node.ctime = time.time()
 
     def published(self, h: Handle) -> None:
-        """``h`` holds no unpublished bytes any more: the size is the index's again."""
+        """``h`` holds no unpublished bytes any more: the size is the index's again,
+        and its spool files go."""
         if self.writers.get(h.node.ino) is h:
             del self.writers[h.node.ino]
+        self.spool.done(h)
 
 
 class Provider:
@@ -180,6 +216,7 @@ class Provider:
             h.data.extend(bytes(end - len(h.data)))  # zero-fill any gap
         h.data[off:end] = buf
         self.sv.changed(h)
+        self.sv.spool.wrote(h, off, buf)
         h.node.told = max(h.node.told, end)  # the kernel grows its size past a write's end
         return len(buf)
 
@@ -191,6 +228,7 @@ class Provider:
         else:
             del h.data[size:]
         self.sv.changed(h)
+        self.sv.spool.truncated(h, size)
 
     async def check_size(self, h: Handle, size: int, intended: Callable[[], bytes]) -> None:
         """EFBIG before a value grows past what NATS takes (see ``limit``)."""

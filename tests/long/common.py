@@ -348,3 +348,26 @@ def fmt(v: object) -> str:
     if isinstance(v, int) and not isinstance(v, bool):
         return f"{v:,}"
     return str(v)
+
+
+# -- a process's footprint --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Footprint:
+    """What a process holds: resident memory (VmRSS, KiB), open descriptors, threads."""
+
+    rss_kib: int
+    fds: int
+    threads: int
+
+
+def footprint(pid: int) -> Footprint:
+    """From /proc/PID/status (VmRSS, Threads) and /proc/PID/fd."""
+    fields: dict[str, str] = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            name, _, value = line.partition(":")
+            fields[name] = value.strip()
+    return Footprint(int(fields["VmRSS"].split()[0]), len(os.listdir(f"/proc/{pid}/fd")),
+                     int(fields["Threads"]))
