@@ -11,10 +11,13 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from .config import ConnectOptions, MountConfig, NatsConfig, SettleConfig, load_config, load_context
 from .errors import HvfsError, Invalid
+
+if TYPE_CHECKING:  # imported where used: pydantic takes a second to import, and until
+    # main() has hidden the secrets of the command line (_hide_secret_args) ps shows them
+    from .config import ConnectOptions, MountConfig, NatsConfig, SettleConfig
 
 __all__ = ["main"]
 
@@ -48,6 +51,8 @@ def connect_options(a: argparse.Namespace) -> ConnectOptions:
 
     Also takes the secrets the command line gave out of this process's listing (_hide_secret_args).
     """
+    from .config import ConnectOptions, load_context
+
     _hide_secret_args(a)
     section = _config_nats(a)
     ctx = load_context(a.context or _env("NATS_CONTEXT") or section.context)
@@ -62,6 +67,8 @@ def connect_options(a: argparse.Namespace) -> ConnectOptions:
 
 
 def _config_nats(a: argparse.Namespace) -> NatsConfig:
+    from .config import NatsConfig, load_config
+
     """The ``nats:`` section of the config the command reads (--config; for mount also HVFS_CONFIG)."""
     path = getattr(a, "config", None) or (_env("HVFS_CONFIG") if getattr(a, "cmd", None) == "mount" else None)
     if not path:
@@ -136,6 +143,9 @@ def _hide_secret_args(a: argparse.Namespace) -> None:
     Linux only (/proc/self/stat says where the arguments are); elsewhere, a warning. Python keeps
     its own copy (sys.argv), which --daemon reads to start the serving process without them.
     """
+    if getattr(a, "_secrets_hidden", False):
+        return  # once: after the first, the listing no longer matches sys.argv
+    a._secrets_hidden = True
     secrets = _secrets_given(a)
     if not secrets:
         return
@@ -276,6 +286,7 @@ def _connection_flags(m: argparse.ArgumentParser) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     a = _parser().parse_args(argv)
+    _hide_secret_args(a)  # first thing: the window in which ps shows them is the start-up's
     try:
         if a.cmd == "mount":
             return _mount(a)
@@ -306,6 +317,8 @@ def _mount(a: argparse.Namespace) -> int:
     a.config = a.config or _env("HVFS_CONFIG")
     a.writer = a.writer or _env("HVFS_WRITER")
     a.state_dir = a.state_dir or _env("HVFS_STATE_DIR")
+    from .config import load_config
+
     config = load_config(a.config)
     check_mountpoint(a.mountpoint, a.binding)
     if a.metrics:
@@ -431,6 +444,8 @@ def _settle_config(config: MountConfig, a: argparse.Namespace) -> SettleConfig:
     from .codec import validation_reason
 
     try:
+        from .config import SettleConfig
+
         st = SettleConfig.model_validate(base)
     except ValidationError as e:
         raise Invalid(f"settle: {validation_reason(e)}") from None
@@ -471,6 +486,7 @@ async def _with_store(a: argparse.Namespace, fn: Callable[[Any], Awaitable[T]]) 
 def _settle(a: argparse.Namespace) -> int:
     import trio
 
+    from .config import load_config
     from .settle import Outcome, Settler
 
     config = load_config(a.config)
@@ -490,6 +506,7 @@ def _settle(a: argparse.Namespace) -> int:
 def _restore(a: argparse.Namespace) -> int:
     import trio
 
+    from .config import load_config
     from .settle import RestoreLine, restore
 
     config = load_config(a.config)

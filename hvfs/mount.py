@@ -207,7 +207,7 @@ def lock_state_dir(path: str, stack: contextlib.ExitStack | contextlib.AsyncExit
 
     d = Path(path)
     try:
-        d.mkdir(parents=True, exist_ok=True)
+        d.mkdir(parents=True, exist_ok=True, mode=0o700)  # bytes of users' writes: the owner's only
         fd = os.open(d / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     except OSError as e:
         raise Invalid(f"state directory {d}: {e.strerror or e}") from None
