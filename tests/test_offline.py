@@ -66,6 +66,9 @@ def test_writes_on_two_mounts_during_an_outage(own_server, two):
     a.path("kv", "off", "a").write_bytes(b"from a\n")
     b.path("kv", "off", "a").write_bytes(b"from b\n")  # the same key: one of these loses
     b.path("kv", "off", "b").write_bytes(b"b by b\n")
+    a.path("kv", "off", "new").write_bytes(b"created while away\n")  # a new key, too
+    assert "new" in os.listdir(a.path("kv", "off"))
+    assert a.path("kv", "off", "new").read_bytes() == b"created while away\n"
     # Read your writes; other keys read earlier are served from memory, marked stale.
     assert a.path("kv", "off", "a").read_bytes() == b"from a\n"
     assert os.stat(a.path("kv", "off", "a")).st_size == len(b"from a\n")
@@ -76,8 +79,9 @@ def test_writes_on_two_mounts_during_an_outage(own_server, two):
         a.path("kv", "off", "unread").read_bytes()
     assert ei.value.errno in (errno.EIO, errno.ETIMEDOUT)
     # What has not landed is shown.
-    [pa] = index(a, "pending")
+    pa, pnew = index(a, "pending")
     assert (pa["bucket"], pa["key"], pa["base_revision"], pa["size"]) == ("off", "a", base, 7)
+    assert (pnew["key"], pnew["base_revision"]) == ("new", 0)
     assert a.path(".hvfs", "pending", pa["file"]).read_bytes() == b"from a\n"
     assert xattr(a.path("kv", "off", "a"), "user.hvfs.pending") == f".hvfs/pending/{pa['file']}"
     assert sorted(p["key"] for p in index(b, "pending")) == ["a", "b"]
@@ -92,6 +96,7 @@ def test_writes_on_two_mounts_during_an_outage(own_server, two):
             final_a = raw.value("off", "a")
             assert raw.value("off", "b") == b"b by b\n"
             assert raw.value("off", "c") == b"v1\n"
+            assert raw.value("off", "new") == b"created while away\n"
             winner, loser = (a, b) if final_a == b"from a\n" else (b, a)
             assert final_a == (b"from a\n" if winner is a else b"from b\n")
             lost = [c for c in index(loser, "conflicts") if c["key"] == "a"]
@@ -112,6 +117,8 @@ def test_writes_on_two_mounts_during_an_outage(own_server, two):
             assert xattr(p, "user.hvfs.pending") is None
         assert a.path("kv", "off", "c").read_bytes() == b"v1\n"
         assert xattr(a.path("kv", "off", "c"), "user.hvfs.stale") is None
+        wait_for(lambda: b.path("kv", "off", "new").read_bytes() == b"created while away\n", timeout=10,
+                 what="the other mount sees the key created offline")
     finally:
         again.stop()
 

@@ -279,6 +279,11 @@ class KvProvider(Provider):
             entry = await self.sv.store.get(view.bucket, key)
         except (NotFound, InvalidName):
             return None
+        except HvfsError as e:
+            off = self.sv.offline
+            if off is not None and off.enabled and unreachable(e):
+                return None  # offline: no such name as far as this mount knows (a create may follow)
+            raise
         node = view.put(key, entry.revision, len(entry.value), entry.time)
         return node if node is not None and node.parent is parent and node.name == name else None
 
@@ -366,6 +371,18 @@ class KvProvider(Provider):
             if found is None:
                 raise
             return await self.open(found, flags, pid)
+        except HvfsError as e:
+            off = self.sv.offline
+            if off is None or not off.enabled or not unreachable(e):
+                raise
+            # Offline mode: the file exists here now; its content (empty if nothing is written)
+            # becomes a pending create at close, applied as a create when NATS is back.
+            made = view.put(key, 0, 0, time.time(), notify=False)
+            if made is None or made.parent is not parent or made.name != name:
+                raise InvalidName(f"{where} maps to key {key!r}, whose name is taken here "
+                                  f"({view.hidden.get(key, 'see docs/naming.md')})") from None
+            made.local, made.ttl = True, env.ttl
+            return Handle(0, made, True, bytearray(), 0, dirty=True, created=True, ttl=env.ttl)
         made = view.put(key, rev, 0, time.time(), notify=False)
         if made is None or made.parent is not parent or made.name != name:
             raise InvalidName(f"{where} maps to key {key!r}, whose name is taken here "

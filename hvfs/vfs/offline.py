@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 import trio
 
-from ..errors import Conflict, HvfsError, NotFound, Timeout, Unavailable, errno_of
+from ..errors import Conflict, Exists, HvfsError, NotFound, Timeout, Unavailable, errno_of
 from ..store import KvEntry, Store
 from .control import Conflicts
 from .resolve import MSG_ID
@@ -206,21 +206,24 @@ class Offline:
             if pw.base == 0:
                 return await self.store.create(pw.bucket, pw.key, pw.data, ttl=pw.ttl, headers=headers)
             return await self.store.update(pw.bucket, pw.key, pw.data, pw.base, ttl=pw.ttl, headers=headers)
-        except (Conflict, NotFound) as e:
+        except (Conflict, Exists, NotFound) as e:
             # Did an earlier send of this write land (it timed out)? Then ours is the newest there.
+            ours = set(pw.sent) | {pw.msg_id}
             msg = await self.store.kv_next(pw.bucket, pw.key, pw.base) if pw.base else None
-            mine = msg is not None and msg.headers.get(MSG_ID) in set(pw.sent) | {pw.msg_id}
-            if msg is not None and mine:
-                if msg.headers.get(MSG_ID) == pw.msg_id and msg.data == pw.data:
-                    return msg.seq
-                # An earlier version of ours landed: the newest bytes go on top of it.
-                pw.base = msg.seq
-                return await self._apply_one(pw)
             current: KvEntry | None = None
             try:
                 current = await self.store.get(pw.bucket, pw.key)
             except NotFound:
                 current = None
+            landed = (msg.seq, msg.headers.get(MSG_ID), msg.data) if msg is not None else None
+            if landed is None and current is not None and pw.base == 0:
+                landed = (current.revision, current.headers.get(MSG_ID), current.value)  # a create of ours
+            if landed is not None and landed[1] in ours:
+                if landed[1] == pw.msg_id and landed[2] == pw.data:
+                    return landed[0]
+                # An earlier version of ours landed: the newest bytes go on top of it.
+                pw.base = landed[0]
+                return await self._apply_one(pw)
             self._lost(pw, e, current)
             return None
 
