@@ -205,3 +205,34 @@ def test_timed_out_write_lost_with_the_server_is_marked_not_landed(own_server, s
         assert raw.value("sl", "k") == b"v1"
     finally:
         raw.close()
+
+
+def test_timed_out_stream_publish_is_marked_landed(own_server, stall_mount):
+    """A new file in a stream directory whose publish timed out: its message id finds it."""
+    from .helpers import add_stream
+
+    m = stall_mount
+    raw = RawNats(own_server.url)
+    try:
+        add_stream(raw, "STALL", ["stall.>"])
+        d = m.path("streams", "STALL", "stall", "is-1")
+        os.makedirs(d, exist_ok=True)
+        fd = os.open(d / "comment", os.O_WRONLY | os.O_CREAT, 0o644)
+        os.write(fd, b"said while NATS was stalled\n")
+        assert own_server.proc is not None
+        stop_process(own_server.proc.pid)
+        try:
+            with pytest.raises(OSError) as ei:
+                os.close(fd)
+            assert ei.value.errno == errno.ETIMEDOUT
+            c = wait_for(lambda: entry_for(m, "STALL", "stall.is-1"), timeout=15, what="the conflict entry")
+            assert c["outcome"] == "unknown" and c["kind"] == "stream"
+        finally:
+            os.kill(own_server.proc.pid, signal.SIGCONT)
+        done = wait_for(lambda: (e := entry_for(m, "STALL", "stall.is-1")) and e["outcome"] != "unknown" and e,
+                        timeout=30, what="the outcome of the timed-out publish")
+        info = raw.run(raw.js.stream_info("STALL"))
+        assert info.state.messages == 1  # once, whatever the retries: the message id deduplicates
+        assert (done["outcome"], done["landed_revision"]) == ("landed", info.state.last_seq)
+    finally:
+        raw.close()

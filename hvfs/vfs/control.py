@@ -46,6 +46,7 @@ class Conflict:
     landed_revision: int | None = None
     msg_id: str = ""  # the Nats-Msg-Id the write was sent with ("": not sent)
     theirs_size: int | None = None  # the winning value's size, kept as NAME.theirs (None: not kept)
+    kind: str = "kv"  # "kv": bucket and key; "stream": stream and subject (base_revision: a sequence)
     _data: bytes | None = field(repr=False, default=None)
     _path: Path | None = field(repr=False, default=None)
     _theirs: bytes | None = field(repr=False, default=None)
@@ -80,11 +81,13 @@ class Conflict:
                     del d[k]
         if d["theirs_size"] is None:
             del d["theirs_size"]
+        if d["kind"] == "kv":
+            del d["kind"]
         return d
 
 
 _META = ("file", "bucket", "key", "base_revision", "current_revision", "errno", "reason", "time", "size",
-         "outcome", "landed_revision", "msg_id", "theirs_size")
+         "outcome", "landed_revision", "msg_id", "theirs_size", "kind")
 
 
 class Conflicts:
@@ -118,6 +121,7 @@ class Conflicts:
                 continue
             c.outcome = c.outcome or ""
             c.msg_id = c.msg_id or ""
+            c.kind = c.kind or "kv"
             c._path = self.dir / c.file
             self.items[c.file] = c
             self._bytes += c.size
@@ -128,14 +132,14 @@ class Conflicts:
 
     def add(self, bucket: str, key: str, base: int, current: int | None, err: int,
             reason: str, data: bytes, *, outcome: str = "", msg_id: str = "",
-            when: float | None = None, theirs: bytes | None = None) -> Conflict:
+            when: float | None = None, theirs: bytes | None = None, kind: str = "kv") -> Conflict:
         """Keep ``data`` (ours); ``theirs``: the value that won, kept beside it as ``NAME.theirs``."""
         self._seq += 1
         self.total += 1
         safe_key = key.replace("/", "=2F")
         name = f"{self._seq:06d}-{bucket}-{safe_key}@{base}"
         c = Conflict(name, bucket, key, base, current, err, reason, when or time.time(), len(data),
-                     outcome, None, msg_id, None if theirs is None else len(theirs))
+                     outcome, None, msg_id, None if theirs is None else len(theirs), kind)
         if self.dir is not None and self._store(c, data, theirs):
             c._path = self.dir / name
         else:

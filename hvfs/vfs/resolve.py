@@ -130,6 +130,11 @@ class Resolver:
     async def outcome(self, c: Conflict) -> tuple[str, int | None]:
         """(LANDED, revision) / (NOT_LANDED, None) / (UNKNOWN, None): nothing after base yet /
         (UNKNOWN, -1): cannot be told any more."""
+        if c.kind == "stream":
+            # A stream message: the duplicate window keeps it from landing twice; look for it.
+            delta = await self.store.stream_since(c.bucket, c.base_revision, c.key)
+            seq = next((m.seq for m in delta.msgs if m.headers.get(MSG_ID) == c.msg_id), None)
+            return (LANDED, seq) if seq is not None else (UNKNOWN, None)
         msg = await self.store.kv_next(c.bucket, c.key, c.base_revision)
         if msg is None:
             return UNKNOWN, None

@@ -26,7 +26,9 @@ from ..errors import (
     NotEmpty,
     NotFound,
     NotPermitted,
+    Timeout,
     TooLarge,
+    Unavailable,
     errno_of,
 )
 from ..names import encode_name
@@ -34,6 +36,7 @@ from ..store import RESYNC, SYNCED, MsgSeen, StreamInfo, Watch
 from .handles import FollowHandle, Handle, PublishHandle
 from .policy import WRITER_HEADER, WritePolicy, WriterLink
 from .provider import Provider, Services
+from .resolve import UNKNOWN
 from .streams import LOG_NAME, StreamView, locate
 from .tree import Kind, Node, display
 
@@ -312,7 +315,16 @@ class StreamProvider(Provider):
             if final or isinstance(e, Invalid):
                 # Given up (a refusal will not change by retrying): the bytes are kept,
                 # the handle is done, and the draft's name leaves the directory.
-                c = self.sv.conflicts.add(view.name, node.key, 0, None, errno_of(e), e.reason, data)
+                unknown = self.sv.resolver is not None and (
+                    isinstance(e, Timeout) or isinstance(e, Unavailable) and e.sent)
+                # A sent message may land yet: its entry says so, and the resolver finds out.
+                after = max(0, view.info.first_seq - 1)
+                c = self.sv.conflicts.add(view.name, node.key, after if unknown else 0, None, errno_of(e),
+                                          e.reason, data, outcome=UNKNOWN if unknown else "",
+                                          msg_id=h.msg_id if unknown else "", kind="stream")
+                if unknown:
+                    assert self.sv.resolver is not None
+                    self.sv.resolver.add(c)
                 e.reason = f"{e.reason}; your bytes are in .hvfs/conflicts/{c.file}"
                 h.dirty = h.wrote = False
                 h.failed = e
