@@ -385,7 +385,9 @@ def _pyfuse3(opts: MountOptions, core: Vfs, state: dict[str, object],
     stack.callback(close_fuse)
     conn = fuse_connection(opts.mountpoint)
     if opts.notify:
-        notifier = Notifier(opts.mountpoint, core.echo, core.listed, core.metrics)
+        info = _mountinfo(opts.mountpoint)
+        notifier = Notifier(opts.mountpoint, core.echo, core.listed, core.metrics,
+                            device=info[0] if info is not None else None)
         notifier.start()
         # stops before the unmount above; may abort a request it left pending
         stack.callback(notifier.stop, lambda: abort_fuse_connection(conn))

@@ -188,3 +188,53 @@ def test_read_only_mount_still_reports_remote_modifies(server, raw, bucket, tmp_
             w.stop()
     finally:
         m.stop()
+
+
+def _storm(raw, bucket: str, n: int) -> None:
+    async def go() -> None:
+        import asyncio
+
+        sem = asyncio.Semaphore(256)
+
+        async def one(i: int) -> None:
+            async with sem:
+                await raw.js.publish(f"$KV.{bucket}.k{i % (n // 2)}", f"v{i}".encode())
+
+        await asyncio.gather(*(one(i) for i in range(n)))
+
+    raw.run(go(), timeout=60)
+
+
+def _notifier(mnt) -> dict:
+    return json.loads(mnt.path(".hvfs", "status").read_text())["notifier"]
+
+
+def test_storm_nobody_watches_is_invalidated_only(raw, mnt, bucket):
+    """A storm in a directory nobody watches: the kernel forgets what changed (listings,
+    sizes, contents are right) without a round trip per change."""
+    d = mnt.path("kv", bucket)
+    raw.put(bucket, "k0", b"before")
+    wait_for(lambda: (d / "k0").read_bytes() == b"before", what="k0 cached")
+    os.stat(d / "k0")  # the kernel holds its inode and attributes
+    before = _notifier(mnt)["unwatched"]
+    _storm(raw, bucket, 2000)
+    wait_for(lambda: _notifier(mnt)["queue"] == 0 and len(os.listdir(d)) == 1000, timeout=30,
+             what="the storm heard")
+    assert _notifier(mnt)["unwatched"] > before
+    last = {f"k{i % 1000}": f"v{i}".encode() for i in range(2000)}
+    for name in ("k0", "k1", "k500", "k999"):
+        assert (d / name).read_bytes() == last[name]
+        assert os.stat(d / name).st_size == len(last[name])
+
+
+def test_storm_with_a_watcher_misses_no_event(raw, mnt, bucket):
+    d = mnt.path("kv", bucket)
+    w = Inotify(d)
+    try:
+        _storm(raw, bucket, 600)
+        for i in (0, 150, 299):
+            w.wait("CREATE", d / f"k{i}", timeout=30)
+        wait_for(lambda: _notifier(mnt)["queue"] == 0, timeout=30, what="queue drained")
+        assert {p for e, p in w.events if "CREATE" in e} >= {str(d / f"k{i}") for i in range(300)}
+    finally:
+        w.stop()

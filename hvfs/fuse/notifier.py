@@ -7,6 +7,15 @@ directory -> ``mkdir``, modify -> ``open(O_WRONLY)`` + ``ftruncate`` (same
 size), delete -> ``unlink``/``rmdir``. The handlers recognise this thread's
 requests (``hvfs.vfs.echo``) and touch nothing in NATS.
 
+That costs a few FUSE round trips per change (1-2k changes/s). A change
+nobody can hear needs none of it: when the queue is long (a storm), the
+thread reads which inodes of this mount inotify watches (every process's
+``/proc/PID/fdinfo``, at most every ``SCAN_EVERY`` seconds) and, for a change
+in a directory nobody watches (and to a file nobody watches), only
+invalidates the kernel's entry or inode: microseconds, no round trip. A
+change newer than the last scan is repeated as before, so a watcher added
+before a change always hears it.
+
 Everything that talks to the kernel from outside a request runs here:
 calling ``invalidate_entry`` or a self-operation from the trio thread while a
 request is in flight deadlocks the mount. No handler ever waits for this
@@ -39,6 +48,10 @@ log = logging.getLogger(__name__)
 MAX_QUEUE = 200_000
 #: How long a new directory's files wait for a recursive watcher to list it.
 FOLLOW_WAIT = 0.03
+#: From this many queued changes on, changes nobody watches are only invalidated.
+STORM = 32
+#: The longest the list of watched inodes is reused for changes queued after it was read.
+SCAN_EVERY = 0.05
 
 
 @dataclass(slots=True)
@@ -49,11 +62,14 @@ class _Item:
     node: Node
     path: bytes
     seq: int
+    queued: float  # monotonic time it was queued
 
 
 class Notifier:
     def __init__(self, mountpoint: str, echo: Echo,
-                 listed: dict[int, float] | None = None, metrics: Metrics | None = None) -> None:
+                 listed: dict[int, float] | None = None, metrics: Metrics | None = None,
+                 device: str | None = None) -> None:
+        """``device``: the mount's ``major:minor`` (mountinfo); None: no storm mode."""
         self.mountpoint = os.fsencode(mountpoint)
         self.echo = echo
         self.selfops = echo.ops
@@ -64,6 +80,7 @@ class Notifier:
         self._seq = 0
         self._pending_modify: set[int] = set()
         self._thread = threading.Thread(target=self._run, name="hvfs-notifier", daemon=True)
+        self._watched = Watched(device) if device else None
         self._ready = threading.Event()
         m = self.metrics = metrics or Metrics()
         for name, help, prom in (
@@ -71,7 +88,8 @@ class Notifier:
                 ("done", "changes the kernel heard (invalidations and their events)",
                  "hvfs_notifier_invalidations"),
                 ("failed", "changes that could not be repeated", "hvfs_notifier_failures"),
-                ("coalesced", "modifies merged while behind", None)):
+                ("coalesced", "modifies merged while behind", None),
+                ("unwatched", "changes nobody watched: invalidated only", None)):
             m.counter(f"notifier.{name}", help, prom)
         m.counter("notifier.max_queue", "longest queue seen", "hvfs_notifier_queue_depth_max", peak=True)
         m.gauge("notifier.queue", self.queue_length, "changes waiting for the kernel",
@@ -112,7 +130,8 @@ class Notifier:
         self._seq += 1
         if what == "delete":
             self.selfops.gone[(parent_ino, name)] = (node, self._seq)
-        item = _Item(what, parent_ino, name, node, parent.path().rstrip(b"/") + b"/" + name, self._seq)
+        item = _Item(what, parent_ino, name, node, parent.path().rstrip(b"/") + b"/" + name, self._seq,
+                     time.monotonic())
         with self._cv:
             self._q.append(item)
             self.metrics.inc("notifier.queued")
@@ -138,7 +157,11 @@ class Notifier:
             self.selfops.current = (item.parent_ino, item.name, item.node, item.what)
             item.node.inval_at = float("inf")  # attribute replies made meanwhile may be dropped
             try:
-                self._apply(item)
+                if self._heard_by_nobody(item):
+                    self._invalidate(item)
+                    self.metrics.inc("notifier.unwatched")
+                else:
+                    self._apply(item)
                 self.metrics.inc("notifier.done")
             except OSError as e:
                 # The entry moved on meanwhile (deleted again, re-created): nothing to announce.
@@ -158,6 +181,28 @@ class Notifier:
                 if g is not None and g[1] == item.seq:
                     self.selfops.gone.pop(key, None)
                 self.lag_ms.append((time.monotonic() - t0) * 1000)
+
+    def _heard_by_nobody(self, item: _Item) -> bool:
+        """In a storm: no inotify watch on the change's directory or file (as of a scan
+        made after the change was queued)."""
+        w = self._watched
+        if w is None or len(self._q) < STORM:
+            return False
+        if w.at <= item.queued:
+            if time.monotonic() - w.at < SCAN_EVERY:
+                return False  # scanned too recently to scan again: repeat it, to be sure
+            w.scan()
+        return item.parent_ino not in w.inos and item.node.ino not in w.inos
+
+    def _invalidate(self, item: _Item) -> None:
+        """What the kernel must forget about the change; no inotify event (nobody listens)."""
+        if item.what == "modify":
+            self._pending_modify.discard(item.node.ino)
+            _quiet(pyfuse3.invalidate_inode, item.node.ino, False)
+        else:
+            if item.what == "create":
+                self._pending_modify.discard(item.node.ino)
+            _quiet(pyfuse3.invalidate_entry, item.parent_ino, item.name)
 
     def _apply(self, item: _Item) -> None:
         full = self.mountpoint + item.path
@@ -200,6 +245,41 @@ class Notifier:
             if self.listed.get(item.node.ino, 0.0) >= since - 0.001:
                 return
             time.sleep(0.0005)
+
+
+class Watched:
+    """The inodes of one filesystem that some inotify instance watches, read from every
+    process's ``/proc/PID/fdinfo`` (lines ``inotify wd:N ino:HEX sdev:HEX ...``)."""
+
+    def __init__(self, device: str) -> None:
+        # fdinfo shows the kernel's dev_t: major << 20 | minor
+        major, _, minor = device.partition(":")
+        self.sdev = f"{(int(major) << 20) | int(minor):x}"
+        self.inos: set[int] = set()
+        self.at = 0.0  # monotonic time the last scan began
+
+    def scan(self) -> None:
+        self.at = time.monotonic()
+        found: set[int] = set()
+        tag = f" sdev:{self.sdev} "
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit():
+                continue
+            try:
+                fds = os.listdir(f"/proc/{pid}/fd")
+            except OSError:
+                continue
+            for fd in fds:
+                try:
+                    if os.readlink(f"/proc/{pid}/fd/{fd}") != "anon_inode:inotify":
+                        continue
+                    with open(f"/proc/{pid}/fdinfo/{fd}") as f:
+                        for line in f:
+                            if line.startswith("inotify ") and tag in line:
+                                found.add(int(line.split(" ino:", 1)[1].split(None, 1)[0], 16))
+                except OSError:
+                    continue
+        self.inos = found
 
 
 def _quiet(fn: object, *args: object) -> None:
