@@ -32,6 +32,7 @@ from ..errors import (
     NotADirectory,
     NotFound,
     NotSupported,
+    Unavailable,
 )
 from ..metrics import Metrics
 from ..store import Store
@@ -359,9 +360,25 @@ class Vfs:
                 return
             if h.failed is not None and h.writable:
                 raise type(h.failed)(h.failed.reason)
+            if h.dirty and not h.wrote and not final:
+                self._truncation_can_land(h)
             if not h.dirty or not (h.wrote or final):
                 return
             await h.node.provider.flush(h, final)
+
+    def _truncation_can_land(self, h: Handle) -> None:
+        """An O_TRUNC with nothing written is published at the handle's last close, after this
+        close() has returned: while NATS is known to be away it could not land, so this close
+        fails (EIO) and the truncation is dropped, rather than answer 0 for it. (Offline mode
+        spools it instead; a stalled NATS is not known here: docs/posix.md.)"""
+        if self.store.state.connected or self.offline.enabled:
+            return
+        err = Unavailable(f"{display(h.node)}: the truncation cannot be published: not connected to NATS "
+                          "(the value is unchanged)", sent=False)
+        h.dirty = h.wrote = False
+        self.sv.published(h)
+        h.failed = err
+        raise err
 
     async def release_flush(self, fh: int) -> None:
         """The last close: publish what is left (an O_TRUNC with nothing written).

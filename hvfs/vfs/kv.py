@@ -332,12 +332,17 @@ class KvProvider(Provider):
             # attribute reply racing a remote change's invalidation may be dropped, so a
             # size it must first learn is not relied on: such a handle reads with direct_io.
             h.cached = (node.cached_open == 0 or node.cached_rev == entry.revision) \
-                and node.told == len(shown)
+                and node.told == len(shown) and not self._writing(node)
             return h
         if trunc:
             node.told = 0
         buf = bytearray() if trunc else bytearray(shown)
         return Handle(0, node, True, buf, entry.revision, dirty=trunc and bool(shown), ttl=node.ttl)
+
+    def _writing(self, node: Node) -> bool:
+        """A handle open for writing on ``node`` here: its O_TRUNC, writes and size replies set
+        the kernel's size for the inode, which page-cache reads are clipped at."""
+        return any(h.writable and h.node is node for h in self.handles.values())
 
     async def create(self, parent: Node, name: bytes, flags: int, pid: int) -> Handle:
         """open(O_CREAT) of a name the kernel does not know.
@@ -472,7 +477,8 @@ class KvProvider(Provider):
         off = self.sv.offline
         node, view = h.node, h.node.view
         assert off is not None and view is not None
-        spool_id = self.sv.spool.adopt(h)  # its files, fsync'd, are the pending write's now
+        self.sv.spool.ensure(h)
+        spool_id = self.sv.spool.adopt(h)  # its slot, fsync'd, is the pending write's now
         off.keep(view.bucket, node.key, display(node), h.base, p.value, msg_id, spool_id, p.ttl,
                       {k: v for k, v in p.headers.items() if k != MSG_ID_HEADER}, sent)
         self.sv.metrics.inc("vfs.pending")

@@ -157,6 +157,10 @@ class Spool:
         self._seq += 1
         return f"hvfs-{_new_id(self._seq)}"
 
+    def ensure(self, h: Handle) -> None:
+        """Spool the handle's content now, written or not (an O_TRUNC with nothing written)."""
+        self._open(h)
+
     def adopt(self, h: Handle) -> str:
         """Detach the handle's slot from it (its bytes stay, fsync'd): a pending write owns it
         now; its entry id, "" when nothing is spooled."""

@@ -27,6 +27,7 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -42,24 +43,32 @@ READERS_PER_MOUNT = 4
 KEYS_PER_WRITER = 16
 SIZES = (64, 512, 1024, 4096)
 
-#: RSS growth allowed from the footprint after the warm-up (WARMUP of the run) to the
-#: end. What a mount keeps grows with the keys (the index: 128 keys here, a few KiB),
-#: not with the number of operations, except for ring buffers that fill once:
-#: .hvfs/events (4 MiB), .hvfs/errors (500 lines), the metrics' histograms; and
-#: CPython's allocator keeps freed arenas. 24 MiB covers the 4 MiB of events with the
-#: allocator's slack, and is far below what a leak of even 100 bytes per operation
-#: would add over the run (hundreds of thousands of operations: tens of MiB).
-RSS_GROWTH_MAX_KIB = 24 * 1024
+#: RSS is sampled at every tenth of the run. It moves up and down by ~10 MiB from one
+#: sample to the next (measured: 54-66 MiB; CPython's allocator and the bytes of the
+#: operations in flight), so the bounds look at the peak and at the floor:
+#:
+#: * peak: what a mount keeps grows with the keys (the index: 128 keys here, a few KiB),
+#:   not with the number of operations, except for ring buffers that fill once:
+#:   .hvfs/events (4 MiB of JSON lines, more as Python objects; full after ~30,000
+#:   changes, a minute or two at this load), .hvfs/errors (500 lines), the metrics'
+#:   histograms. The highest sample may exceed the start by at most RSS_PEAK_MAX_KIB:
+#:   twice the events buffer plus the allocator's swing.
+#: * floor: once the buffers are full a leak raises the lowest sample, the swing does
+#:   not. The lowest sample of the second half may exceed the lowest of the first half
+#:   (after its first tenth) by at most RSS_FLOOR_GROWTH_MAX_KIB; a leak of 50 bytes per
+#:   operation would raise it by ~12 MiB over a 10-minute run (~250,000 operations a half).
+RSS_PEAK_MAX_KIB = 32 * 1024
+RSS_FLOOR_GROWTH_MAX_KIB = 8 * 1024
 #: descriptors and threads may differ by a few (trio's worker threads come and go)
 FDS_SLACK = 8
 THREADS_SLACK = 8
-WARMUP = 0.1
 
 #: Finding (issue 14): a reader on the same mount as a writer doing open(O_TRUNC) + write
-#: + close reads an empty file now and then, though NATS never holds an empty value
-#: (tests/test_fuzz.py::test_reader_beside_a_truncating_writer, xfail). While True, such
-#: empty reads are counted in their own column and do not fail this test; set False
-#: when hvfs is fixed.
+#: + close read an empty file now and then, though NATS never holds an empty value. Fixed
+#: for readers opening while the writer has the file open; the rare race left (a reader
+#: opened before the writer's O_TRUNC) is documented in docs/consistency.md and
+#: tests/test_fuzz.py::test_reader_beside_a_truncating_writer. Such empty reads of a key
+#: written through the reader's own mount are counted in their own column, not as errors.
 EMPTY_READS_BESIDE_A_WRITER_KNOWN = True
 
 
@@ -162,6 +171,14 @@ def reader(w: Worker, d: Path, names: list[str], stop: threading.Event,
         seen[name] = got[2]
 
 
+def count_is(d: Path, n: int) -> bool:
+    return len(os.listdir(d)) == n
+
+
+def holds(p: Path, value: bytes | None) -> bool:
+    return p.read_bytes() == value
+
+
 def pct(xs: list[float], q: float) -> float:
     if not xs:
         return float("nan")
@@ -174,12 +191,12 @@ def test_load(rig2: Rig) -> None:
     bucket = rig2.bucket("load", history=1)
     writers_total = WRITERS_PER_MOUNT * len(rig2.mounts)
     names = [f"w{w}-k{k}" for w in range(writers_total) for k in range(KEYS_PER_WRITER)]
-    for w in range(writers_total):
+    for wid in range(writers_total):
         for k in range(KEYS_PER_WRITER):
-            rig2.raw.put(bucket, f"w{w}-k{k}", value_for(w, k, 0, 64))
+            rig2.raw.put(bucket, f"w{wid}-k{k}", value_for(wid, k, 0, 64))
     dirs = [m.path("kv", bucket) for m in rig2.mounts]
     for d in dirs:
-        wait_for(lambda d=d: len(os.listdir(d)) == len(names), 30, f"{len(names)} keys in {d}")
+        wait_for(partial(count_is, d, len(names)), 30, f"{len(names)} keys in {d}")
     pids = [m.proc.pid for m in rig2.mounts if m.proc is not None]
     start = [footprint(p) for p in pids]
 
@@ -201,14 +218,16 @@ def test_load(rig2: Rig) -> None:
     for ew in watches:
         ew.__enter__()
     t0 = time.monotonic()
-    warm: list[Footprint] = []
+    #: each mount's footprint at every tenth of the run (index 0: before the load)
+    samples: list[list[Footprint]] = [[f] for f in start]
     try:
         for t in threads:
             t.start()
-        # the footprint once the buffers that fill once have had time to fill
-        stop.wait(SECONDS * WARMUP)
-        warm = [footprint(p) for p in pids]
-        stop.wait(SECONDS * (1 - WARMUP))
+        for tenth in range(1, 11):
+            stop.wait(max(0.0, t0 + SECONDS * tenth / 10 - time.monotonic()))
+            if tenth < 10:
+                for i, p in enumerate(pids):
+                    samples[i].append(footprint(p))
     finally:
         stop.set()
         for t in threads:
@@ -217,6 +236,8 @@ def test_load(rig2: Rig) -> None:
             ew.__exit__(None, None, None)
     seconds = time.monotonic() - t0
     end = [footprint(p) for p in pids]
+    for i, f in enumerate(end):
+        samples[i].append(f)
     stuck = [t.name for t in threads if t.is_alive()]
 
     # No acknowledged write lost: NATS, then each mount, holds each key's last acked value.
@@ -230,7 +251,7 @@ def test_load(rig2: Rig) -> None:
                 lost.append(f"{name}: NATS has {got}, last acked seq {seq}")
             for d in dirs:
                 try:
-                    wait_for(lambda d=d, name=name, v=v: (d / name).read_bytes() == v, 10, f"{name} in {d}")
+                    wait_for(partial(holds, d / name, v), 10, f"{name} in {d}")
                 except AssertionError as e:
                     lost.append(str(e))
 
@@ -256,9 +277,8 @@ def test_load(rig2: Rig) -> None:
              f"and must be 0 too); values {'/'.join(map(str, SIZES))} bytes",
              "write = open(O_TRUNC)+write+close (one CAS publish); read = open+read+close "
              "(a fresh get); latencies in ms",
-             "empty (known bug): reads of 0 bytes of a key written through the reader's own mount "
-             "(test_fuzz.py::test_reader_beside_a_truncating_writer); counted as errors once "
-             "EMPTY_READS_BESIDE_A_WRITER_KNOWN is False"]
+             "empty (documented race): reads of 0 bytes of a key written through the reader's own mount "
+             "(docs/consistency.md; test_fuzz.py::test_reader_beside_a_truncating_writer)"]
     if errors:
         notes += ["errors: " + ", ".join(f"{k} x{n}" for k, n in errors.most_common())]
         notes += [f"    {e}" for e in first[:10]]
@@ -269,25 +289,30 @@ def test_load(rig2: Rig) -> None:
     notes += [f"LOST: {x}" for x in lost[:10]]
     table(f"Load: {writers_total} writers + {READERS_PER_MOUNT * len(dirs)} readers on two mounts",
           ["", "ops", "ops/s", "p50 ms", "p99 ms", "max ms", "mean ms", "errors", "conflicts",
-           "empty (known bug)"], rows, notes)
-    table("Load: each mount's footprint (start / after warm-up / end)",
-          ["mount", "RSS start MiB", "RSS warm MiB", "RSS end MiB", "growth from warm MiB",
-           "fds start", "fds end", "threads start", "threads end"],
-          [[i, s.rss_kib / 1024, w.rss_kib / 1024, e.rss_kib / 1024, (e.rss_kib - w.rss_kib) / 1024,
-            s.fds, e.fds, s.threads, e.threads]
-           for i, (s, w, e) in enumerate(zip(start, warm or start, end, strict=True))],
-          [f"bounds: RSS growth after warm-up ({WARMUP:.0%} of the run) < {RSS_GROWTH_MAX_KIB // 1024} MiB; "
-           f"fds within +{FDS_SLACK}, threads within +{THREADS_SLACK} of the start"])
+           "empty (race)"], rows, notes)
+    mib = [[f.rss_kib / 1024 for f in fs] for fs in samples]
+    table("Load: each mount's footprint",
+          ["mount", "RSS start MiB", "RSS end MiB", "RSS peak MiB", "floor 1st half MiB",
+           "floor 2nd half MiB", "fds start", "fds end", "threads start", "threads end"],
+          [[i, m[0], m[-1], max(m), min(m[1:6]), min(m[6:]), fs[0].fds, fs[-1].fds,
+            fs[0].threads, fs[-1].threads] for i, (m, fs) in enumerate(zip(mib, samples, strict=True))],
+          [f"RSS of mount {i} at each tenth of the run (MiB): " + " ".join(f"{x:.1f}" for x in m)
+           for i, m in enumerate(mib)]
+          + [f"bounds: peak < start + {RSS_PEAK_MAX_KIB // 1024} MiB; floor of the 2nd half < floor "
+             f"of the 1st (10%-50%) + {RSS_FLOOR_GROWTH_MAX_KIB // 1024} MiB; fds within +{FDS_SLACK}, "
+             f"threads within +{THREADS_SLACK} of the start"])
 
     assert not stuck, f"workers did not stop: {stuck}"
     assert not rig2.alive(), rig2.alive()
     assert not errors, f"errors: {dict(errors)}; first: {first[:5]}"
     assert not lost, lost[:10]
-    for i, (w, e, s) in enumerate(zip(warm or start, end, start, strict=True)):
-        assert e.rss_kib - w.rss_kib < RSS_GROWTH_MAX_KIB, f"mount {i}: RSS grew {w} -> {e}"
-        assert e.fds <= s.fds + FDS_SLACK, f"mount {i}: descriptors {s.fds} -> {e.fds}"
-        assert e.threads <= s.threads + THREADS_SLACK, f"mount {i}: threads {s.threads} -> {e.threads}"
-
+    for i, fs in enumerate(samples):
+        rss = [f.rss_kib for f in fs]
+        assert max(rss) - rss[0] < RSS_PEAK_MAX_KIB, f"mount {i}: RSS (KiB) at each tenth: {rss}"
+        assert min(rss[6:]) - min(rss[1:6]) < RSS_FLOOR_GROWTH_MAX_KIB, \
+            f"mount {i}: the lowest RSS rose over the run (KiB at each tenth: {rss})"
+        assert fs[-1].fds <= fs[0].fds + FDS_SLACK, f"mount {i}: descriptors {fs[0]} -> {fs[-1]}"
+        assert fs[-1].threads <= fs[0].threads + THREADS_SLACK, f"mount {i}: threads {fs[0]} -> {fs[-1]}"
 
 # a check of the value format itself (cheap; runs with the long tests)
 def test_value_format() -> None:
