@@ -90,6 +90,17 @@ class RawNats:
         self.thread.join(5)
 
 
+def seed_bucket(url: str, bucket: str, values: dict[str, bytes], **kw: Any) -> None:
+    """Another client makes ``bucket`` with these keys, then disconnects."""
+    raw = RawNats(url)
+    try:
+        raw.create_bucket(bucket, **kw)
+        for k, v in values.items():
+            raw.put(bucket, k, v)
+    finally:
+        raw.close()
+
+
 def is_mounted(path: str | Path) -> bool:
     path = os.path.realpath(path)
     with open("/proc/mounts") as f:

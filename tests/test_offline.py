@@ -15,12 +15,17 @@ import pytest
 
 from hvfs.server import EmbeddedServer
 
-from .helpers import Mount, RawNats, wait_for
+from .helpers import Mount, RawNats, seed_bucket, wait_for
 
 
 def index(m: Mount, d: str) -> list[dict[str, Any]]:
     text = m.path(".hvfs", d, "index").read_text()
     return [json.loads(line) for line in text.splitlines() if line]
+
+
+def wait_disconnected(m: Mount) -> None:
+    wait_for(lambda: b'"connected": false' in m.path(".hvfs", "status").read_bytes(), timeout=10,
+             what=f"{m.mountpoint}: NATS gone")
 
 
 def xattr(path: Path, name: str) -> str | None:
@@ -30,13 +35,7 @@ def xattr(path: Path, name: str) -> str | None:
 
 @pytest.fixture
 def two(own_server: EmbeddedServer, tmp_path: Path):
-    raw = RawNats(own_server.url)
-    try:
-        raw.create_bucket("off")
-        for k in ("a", "b", "c", "unread"):
-            raw.put("off", k, b"v1\n")
-    finally:
-        raw.close()
+    seed_bucket(own_server.url, "off", {k: b"v1\n" for k in ("a", "b", "c", "unread")})
     a = Mount(tmp_path / "a", own_server.url, "--offline", "--timeout", "1", "--writer", "mount-a",
               "--state-dir", str(tmp_path / "sa")).start()
     b = Mount(tmp_path / "b", own_server.url, "--offline", "--timeout", "1", "--writer", "mount-b",
@@ -59,8 +58,8 @@ def test_writes_on_two_mounts_during_an_outage(own_server, two):
         raw.close()
     port, store = own_server.port, own_server.store_dir
     own_server.stop()
-    wait_for(lambda: all(b'"connected": false' in m.path(".hvfs", "status").read_bytes() for m in (a, b)),
-             timeout=10, what="both mounts see NATS gone")
+    for m in (a, b):
+        wait_disconnected(m)
 
     # Writes are accepted (spooled durably) while NATS is away.
     a.path("kv", "off", "a").write_bytes(b"from a\n")
@@ -126,17 +125,11 @@ def test_writes_on_two_mounts_during_an_outage(own_server, two):
 def test_without_offline_writes_fail_fast(own_server, tmp_path):
     m = Mount(tmp_path / "m", own_server.url, "--timeout", "1", "--state-dir", str(tmp_path / "s")).start()
     try:
-        raw = RawNats(own_server.url)
-        try:
-            raw.create_bucket("on")
-            raw.put("on", "k", b"v1")
-        finally:
-            raw.close()
+        seed_bucket(own_server.url, "on", {"k": b"v1"})
         p = m.path("kv", "on", "k")
         wait_for(lambda: p.read_bytes() == b"v1", what="key")
         own_server.stop()
-        wait_for(lambda: b'"connected": false' in m.path(".hvfs", "status").read_bytes(), timeout=10,
-                 what="disconnected")
+        wait_disconnected(m)
         with pytest.raises(OSError) as ei:
             p.write_bytes(b"v2")
         assert ei.value.errno in (errno.EIO, errno.ETIMEDOUT)
@@ -151,12 +144,7 @@ def test_pending_writes_survive_a_restart_of_the_mount(own_server, tmp_path):
     """close() returned 0 in offline mode: the next mount applies the write, even after kill -9."""
     import signal
 
-    raw = RawNats(own_server.url)
-    try:
-        raw.create_bucket("keep")
-        raw.put("keep", "k", b"v1")
-    finally:
-        raw.close()
+    seed_bucket(own_server.url, "keep", {"k": b"v1"})
     state = tmp_path / "s"
     m = Mount(tmp_path / "m", own_server.url, "--offline", "--timeout", "1", "--state-dir", str(state)).start()
     port, store = own_server.port, own_server.store_dir
@@ -164,8 +152,7 @@ def test_pending_writes_survive_a_restart_of_the_mount(own_server, tmp_path):
         p = m.path("kv", "keep", "k")
         wait_for(lambda: p.read_bytes() == b"v1", what="key")
         own_server.stop()
-        wait_for(lambda: b'"connected": false' in m.path(".hvfs", "status").read_bytes(), timeout=10,
-                 what="disconnected")
+        wait_disconnected(m)
         p.write_bytes(b"acknowledged while away\n")
         assert len(index(m, "pending")) == 1
         assert m.proc is not None

@@ -22,7 +22,7 @@ import pytest
 from hvfs.server import EmbeddedServer
 from hvfs.vfs.spool import HEADER
 
-from .helpers import Mount, RawNats, is_mounted, wait_for
+from .helpers import Mount, RawNats, is_mounted, seed_bucket, wait_for
 
 
 def entries(m: Mount) -> list[dict[str, Any]]:
@@ -44,6 +44,12 @@ def stop_process(pid: int) -> None:
             return f.read().rsplit(")", 1)[1].split()[0] in ("T", "t")
 
     wait_for(stopped, what=f"process {pid} stopped")
+
+
+def settled(m: Mount, bucket: str, key: str, timeout: float = 30) -> dict[str, Any]:
+    """The key's last conflict entry once its outcome is known."""
+    return wait_for(lambda: (e := entry_for(m, bucket, key)) and e["outcome"] != "unknown" and e,
+                    timeout=timeout, what=f"the outcome of the write to {bucket}/{key}")
 
 
 def kill_daemon(m: Mount) -> None:
@@ -79,8 +85,7 @@ def test_kill_9_keeps_accepted_bytes(server, raw, bucket, tmp_path):
         assert c["errno"] == errno.EIO and "hvfs stopped before these bytes were published" in c["reason"]
         assert second.path(".hvfs", "conflicts", c["file"]).read_bytes() == b"accepted by write(), never closed\n"
         assert c["outcome"] in ("unknown", "not landed")
-        done = wait_for(lambda: (e := entry_for(second, bucket, "doc")) and e["outcome"] != "unknown" and e,
-                        timeout=20, what="the outcome of the interrupted write")
+        done = settled(second, bucket, "doc", 20)
         assert done["outcome"] == "not landed"
         assert raw.value(bucket, "doc") == b"old value\n"  # never re-applied on its own
         assert not [f for f in (state / "spool").iterdir() if f.stat().st_size]
@@ -123,8 +128,7 @@ def test_crash_mid_publish_is_told_landed(server, raw, bucket, tmp_path):
     landed = raw.get(bucket, "k").revision
     m = Mount(mp, server.url, "--state-dir", str(state)).start()
     try:
-        done = wait_for(lambda: (e := entry_for(m, bucket, "k")) and e["outcome"] != "unknown" and e,
-                        timeout=20, what="the outcome")
+        done = settled(m, bucket, "k", 20)
         assert (done["outcome"], done["landed_revision"]) == ("landed", landed)
     finally:
         m.stop()
@@ -166,8 +170,7 @@ def test_timed_out_write_that_landed_later_is_marked_landed(own_server, stall_mo
                           timeout=10, what="the stalled write to land when NATS resumes")
         if history == 1:
             raw.put("st", "k", b"a later write")
-        done = wait_for(lambda: (e := entry_for(m, "st", "k")) and e["outcome"] != "unknown" and e,
-                        timeout=30, what="the outcome of the timed-out write")
+        done = settled(m, "st", "k", 30)
         assert (done["outcome"], done["landed_revision"]) == ("landed", landed.revision)
         assert "it did land after all" in done["reason"]
     finally:
@@ -176,12 +179,7 @@ def test_timed_out_write_that_landed_later_is_marked_landed(own_server, stall_mo
 
 def test_timed_out_write_lost_with_the_server_is_marked_not_landed(own_server, stall_mount):
     m = stall_mount
-    raw = RawNats(own_server.url)
-    try:
-        raw.create_bucket("sl")
-        raw.put("sl", "k", b"v1")
-    finally:
-        raw.close()
+    seed_bucket(own_server.url, "sl", {"k": b"v1"})
     p = m.path("kv", "sl", "k")
     wait_for(lambda: p.read_bytes() == b"v1", what="key visible")
     fd = os.open(p, os.O_WRONLY | os.O_TRUNC)
@@ -197,8 +195,7 @@ def test_timed_out_write_lost_with_the_server_is_marked_not_landed(own_server, s
     own_server.proc.wait(10)
     own_server.proc = None
     own_server.start()
-    done = wait_for(lambda: (e := entry_for(m, "sl", "k")) and e["outcome"] != "unknown" and e,
-                    timeout=40, what="the outcome of the lost write")
+    done = settled(m, "sl", "k", 40)
     assert done["outcome"] == "not landed"
     raw = RawNats(own_server.url)
     try:
@@ -229,8 +226,7 @@ def test_timed_out_stream_publish_is_marked_landed(own_server, stall_mount):
             assert c["outcome"] == "unknown" and c["kind"] == "stream"
         finally:
             os.kill(own_server.proc.pid, signal.SIGCONT)
-        done = wait_for(lambda: (e := entry_for(m, "STALL", "stall.is-1")) and e["outcome"] != "unknown" and e,
-                        timeout=30, what="the outcome of the timed-out publish")
+        done = settled(m, "STALL", "stall.is-1", 30)
         info = raw.run(raw.js.stream_info("STALL"))
         assert info.state.messages == 1  # once, whatever the retries: the message id deduplicates
         assert (done["outcome"], done["landed_revision"]) == ("landed", info.state.last_seq)

@@ -26,11 +26,10 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import trio
-
 from ..errors import Conflict, Exists, HvfsError, NotFound, Timeout, Unavailable, errno_of
 from ..store import KvEntry, Store
 from .control import Conflicts
+from .periodic import Periodic
 from .resolve import MSG_ID
 from .spool import Spool, SpoolEntry
 
@@ -66,10 +65,13 @@ class PendingWrite:
     sent: list[str] = field(default_factory=list)
 
 
-class Offline:
+class Offline(Periodic):
     """The pending writes and the read cache of one mount."""
 
+    interval = 0.5
+
     def __init__(self, store: Store, spool: Spool, conflicts: Conflicts, enabled: bool) -> None:
+        super().__init__()
         self.store = store
         self.spool = spool
         self.conflicts = conflicts
@@ -78,7 +80,6 @@ class Offline:
         self._cache: OrderedDict[tuple[str, str], KvEntry] = OrderedDict()
         self._cache_bytes = 0
         self._seq = 0
-        self._wake = trio.Event()
         self.applied = 0
         self.lost = 0
         #: told (bucket, key) when a pending write of it is settled (landed or lost)
@@ -140,7 +141,7 @@ class Offline:
         self.pending[k] = pw
         if spool_id:
             self.spool.mark_pending(spool_id, pw.name, base, pw.sent)
-        self._wake.set()
+        self.wake()
         return pw
 
     def restore(self, entry: SpoolEntry, data: bytes) -> PendingWrite:
@@ -151,7 +152,7 @@ class Offline:
                           entry.time, entry.id, None, {}, list(entry.sent or []) + [entry.msg_id])
         self.pending[(entry.where, entry.key)] = pw
         self.spool.mark_pending(entry.id, name, entry.base, pw.sent)
-        self._wake.set()
+        self.wake()
         return pw
 
     def index(self) -> bytes:
@@ -163,15 +164,9 @@ class Offline:
 
     # -- applying them ------------------------------------------------------------------
 
-    async def run(self, interval: float = 0.5,
-                  task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        task_status.started()
-        while True:
-            with trio.move_on_after(interval):
-                await self._wake.wait()
-            self._wake = trio.Event()
-            if self.pending and self.store.state.connected:
-                await self.apply()
+    async def step(self) -> None:
+        if self.pending and self.store.state.connected:
+            await self.apply()
 
     async def apply(self) -> None:
         """Apply pending writes in order until one finds NATS away again."""

@@ -23,12 +23,11 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-import trio
-
 from ..errors import HvfsError, NotFound
 from ..store import Store
 from ..store.rules import EXPECTED_LAST, MSG_ID
 from .control import Conflict, Conflicts
+from .periodic import Periodic
 
 __all__ = ["GRACE", "Resolver"]
 
@@ -48,14 +47,14 @@ class _Open:
     first_answer: float | None = None  # monotonic time NATS first answered about it
 
 
-class Resolver:
+class Resolver(Periodic):
     """Settles conflict entries whose outcome is "unknown"; runs in the mount's nursery."""
 
     def __init__(self, store: Store, conflicts: Conflicts) -> None:
+        super().__init__()
         self.store = store
         self.conflicts = conflicts
         self._open: list[_Open] = []
-        self._wake = trio.Event()
         self.resolved = 0
         self._by_id: dict[str, _Open] = {}
         #: told (bucket, key) when a write turns out to have landed: the index catches up
@@ -67,7 +66,7 @@ class Resolver:
         o = _Open(c, time.monotonic())
         self._open.append(o)
         self._by_id[c.msg_id] = o
-        self._wake.set()
+        self.wake()
 
     def seen(self, msg_id: str, revision: int) -> None:
         """A watch delivered a revision written with ``msg_id``: if it is one of ours that
@@ -75,19 +74,13 @@ class Resolver:
         o = self._by_id.get(msg_id)
         if o is not None and o.conflict.outcome == UNKNOWN:
             self._settle(o.conflict, LANDED, revision)
-            self._wake.set()
+            self.wake()
 
     def pending(self) -> int:
         return len(self._open)
 
-    async def run(self, interval: float = 1.0,
-                  task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        task_status.started()
-        while True:
-            with trio.move_on_after(interval):
-                await self._wake.wait()
-            self._wake = trio.Event()
-            await self.check()
+    async def step(self) -> None:
+        await self.check()
 
     async def check(self) -> None:
         """One pass over the open entries."""
