@@ -34,7 +34,7 @@ from .resolve import UNKNOWN, Resolver
 from .spool import Spool
 from .tree import Kind, Node, Tree, display
 
-__all__ = ["Provider", "Services", "spliced"]
+__all__ = ["Provider", "Services", "size_unknown", "spliced"]
 
 
 def spliced(data: bytes | bytearray, off: int, buf: bytes) -> bytes:
@@ -44,6 +44,15 @@ def spliced(data: bytes | bytearray, off: int, buf: bytes) -> bytes:
         out.extend(bytes(off - len(out)))
     out[off:off + len(buf)] = buf
     return bytes(out)
+
+
+def size_unknown(node: Node) -> None:
+    """The kernel sets its size for the inode by itself here (an O_TRUNC open, a write past
+    the end, a writer's last close), and drops attribute replies that crossed it: what this
+    mount last told it is not known to stand, so page-cache reads wait for a new reply
+    (hvfs.fuse.ops: a reply to a request received before now is not trusted either)."""
+    node.told = -1
+    node.inval_at = max(node.inval_at, time.monotonic())
 
 
 @dataclass(slots=True)
@@ -217,7 +226,7 @@ class Provider:
         h.data[off:end] = buf
         self.sv.changed(h)
         self.sv.spool.wrote(h, off, buf)
-        h.node.told = max(h.node.told, end)  # the kernel grows its size past a write's end
+        size_unknown(h.node)  # the kernel grows its size past a write's end
         return len(buf)
 
     async def truncate_buffer(self, h: Handle, size: int) -> None:
@@ -229,6 +238,7 @@ class Provider:
             del h.data[size:]
         self.sv.changed(h)
         self.sv.spool.truncated(h, size)
+        size_unknown(h.node)
 
     async def check_size(self, h: Handle, size: int, intended: Callable[[], bytes]) -> None:
         """EFBIG before a value grows past what NATS takes (see ``limit``)."""
