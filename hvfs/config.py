@@ -32,7 +32,7 @@ from .entities import resolve_schema
 from .errors import Invalid
 
 __all__ = [
-    "Binding", "ConnectOptions", "MountConfig", "NatsConfig", "QueueBinding", "SettleConfig", "SettlePath", "StreamBinding",
+    "Binding", "ConnectOptions", "MountConfig", "NatsConfig", "ObjectBinding", "QueueBinding", "SettleConfig", "SettlePath", "StreamBinding",
     "check_branch", "load_config", "load_context",
 ]
 
@@ -41,7 +41,7 @@ _PREFIX_RE = re.compile(r"^[-/_=a-zA-Z0-9]+(\.[-/_=a-zA-Z0-9]+)*$")
 _SUBJECT_PREFIX_RE = re.compile(r"^[-_=a-zA-Z0-9]+(\.[-_=a-zA-Z0-9]+)*$")
 _NOT_IN_TOKEN = re.compile(r"[\s\x00-\x1f\x7f]")
 _WRITER_RE = re.compile(r"^[!-9;-~]{1,128}$")  # printable ASCII but space and ':'
-_RAW_DIRS = ("kv", "streams")  # the raw view's top-level directories
+_RAW_DIRS = ("kv", "streams", "obj")  # the raw view's top-level directories
 
 Format = Literal["raw", "yaml", "json"]
 SettlePolicy = Literal["full", "digest", "never", "overlay"]
@@ -462,6 +462,45 @@ def _loc_str(loc: Loc) -> str:
     return out
 
 
+class ObjectBinding(BaseModel):
+    """A mount path bound to an object store bucket (docs/objects.md): in ``bindings:`` an
+    entry with ``storage: object`` (its bucket as ``bucket:`` or ``kv:``), kept here apart so
+    that code about KV bindings never sees it. ``max_bytes`` .. ``replicas`` are the settings
+    of a bucket hvfs creates; an existing bucket keeps its own."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: str
+    bucket: str
+    storage: Literal["object"] = "object"
+    content_addressed: bool = Field(False, description="objects named by the SHA-256 of their bytes, "
+                                                       "added by writing into incoming/")
+    create: bool = Field(True, description="create the bucket if it does not exist")
+    read_only: bool = False
+    max_bytes: int = Field(-1, description="bytes the bucket holds at most; -1: no limit")
+    max_age: float = Field(0.0, ge=0, description="seconds; 0: objects never expire")
+    replicas: int = Field(1, ge=1, le=5)
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, v: str) -> str:
+        return _norm_path(v)
+
+    @field_validator("bucket")
+    @classmethod
+    def _bucket(cls, v: str) -> str:
+        if not _BUCKET_RE.match(v):
+            raise ValueError(f"bad bucket name {v!r} (allowed: letters, digits, '-', '_')")
+        return v
+
+    @field_validator("max_bytes")
+    @classmethod
+    def _size(cls, v: int) -> int:
+        if v != -1 and v < 1:
+            raise ValueError("-1 (no limit) or at least 1")
+        return v
+
+
 class MountConfig(BaseModel):
     """The mount config file. With no bindings the mount shows the raw view."""
 
@@ -470,12 +509,32 @@ class MountConfig(BaseModel):
     bindings: list[Binding] = Field(default_factory=list)
     streams: list[StreamBinding] = Field(default_factory=list)
     queues: list[QueueBinding] = Field(default_factory=list)
+    objects: list[ObjectBinding] = Field(
+        default_factory=list, description="object store bindings (written in bindings: with storage: object)")
     raw: bool = Field(True, description="also show kv/<bucket>/ for every bucket and streams/")
     writer: str | None = Field(None, description="the writer identity put on every write")
     meta: str | None = Field(None, description="where the mount shows its read-only _meta/ directory")
     settle: SettleConfig | None = Field(None, description="settlement of chosen paths to git (docs/settle.md)")
     nats: NatsConfig = Field(default_factory=NatsConfig,
                              description="how to reach NATS, below flags and NATS_* variables (docs/security.md)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _object_bindings(cls, data: Any) -> Any:
+        """``bindings:`` entries with ``storage: object`` are object bindings (``kv:`` may name
+        the bucket): moved to ``objects`` before validation."""
+        if not isinstance(data, dict) or not isinstance(data.get("bindings"), list):
+            return data
+        kv, obj = [], list(data.get("objects") or [])
+        for b in data["bindings"]:
+            if isinstance(b, dict) and b.get("storage") == "object":
+                b = dict(b)
+                if "kv" in b and "bucket" not in b:
+                    b["bucket"] = b.pop("kv")
+                obj.append(b)
+            else:
+                kv.append(b)
+        return {**data, "bindings": kv, "objects": obj}
 
     @field_validator("writer")
     @classmethod
@@ -495,6 +554,7 @@ class MountConfig(BaseModel):
         places: list[tuple[str, Loc]] = [(b.path, ("bindings", i, "path")) for i, b in enumerate(self.bindings)]
         places += [(s.path, ("streams", i, "path")) for i, s in enumerate(self.streams) if s.path is not None]
         places += [(q.path, ("queues", i, "path")) for i, q in enumerate(self.queues)]
+        places += [(o.path, ("objects", i, "path")) for i, o in enumerate(self.objects)]
         if self.meta is not None:
             places.append((self.meta, ("meta",)))
         for j, (p, loc) in enumerate(places):

@@ -19,6 +19,7 @@
     ├── Busy                  EBUSY    the file is still being written
     ├── NoAttr                ENODATA  no such extended attribute
     ├── Unavailable           EIO      NATS not connected / no responders
+    │   └── Corrupt           EIO      stored bytes do not match their digest
     └── Timeout               ETIMEDOUT a NATS call ran past its bound
 """
 
@@ -29,6 +30,7 @@ import errno
 __all__ = [
     "Busy",
     "Conflict",
+    "Corrupt",
     "CrossDevice",
     "Exists",
     "HvfsError",
@@ -138,6 +140,14 @@ class Unavailable(HvfsError):
     def __init__(self, reason: str = "", sent: bool = True) -> None:
         super().__init__(reason)
         self.sent = sent
+
+
+class Corrupt(Unavailable):
+    """What NATS holds does not match its digest (a chunk, or the whole object), or a
+    chunk the meta names is missing: EIO, the reason says which. Never wrong bytes."""
+
+    def __init__(self, reason: str = "") -> None:
+        super().__init__(reason, sent=False)
 
 
 class Timeout(HvfsError):

@@ -313,7 +313,7 @@ def test_dev_fd_mountpoint(server: Any, mountpoint: Path, tmp_path: Path) -> Non
         status = wait_for(lambda: proc.poll() is None and _answers(mountpoint), 30, f"the mount ({_log(log)})")
         assert status["connected"]
         ls = subprocess.run(["timeout", "2", "ls", str(mountpoint)], capture_output=True, text=True, check=True)
-        assert ls.stdout.split() == ["kv", "streams"]
+        assert ls.stdout.split() == ["kv", "obj", "streams"]
         assert "no kernel notifier" in log.read_text()
     finally:
         assert _stop(proc) == 0

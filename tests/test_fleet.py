@@ -38,7 +38,7 @@ REPO = Path(__file__).resolve().parent.parent
 _ids = itertools.count(1)
 
 #: the seed's top-level directories, and the raw view's (docs/entities.md)
-FLEET_DIRS = ["_meta", "agents", "claims", "issues", "kv", "links", "overlays", "queues",
+FLEET_DIRS = ["_meta", "agents", "claims", "issues", "kv", "links", "obj", "overlays", "queues",
               "streams", "threads", "work"]
 ISSUE_FIELDS = list(Issue.model_fields)
 

@@ -528,3 +528,61 @@ def tempfile_with(data: bytes) -> str:
     os.write(fd, data)
     os.close(fd)
     return p
+
+
+def test_content_addressed_binding_on_a_mount(server: EmbeddedServer, raw: RawNats, tmp_path: Path) -> None:
+    """``storage: object`` + ``content_addressed: true``: a file written into incoming/ is stored
+    under its SHA-256 with its metadata, and leaves incoming/."""
+    bucket = f"blobs{os.getpid()}"
+    cfg = tmp_path / "blobs.yml"
+    cfg.write_text(f"bindings:\n  - path: blobs\n    bucket: {bucket}\n    storage: object\n"
+                   "    content_addressed: true\n")
+    m = Mount(tmp_path / "m", server.url, "--config", str(cfg), "--writer", "ag-7").start()
+    try:
+        inc = m.path("blobs", "incoming")
+        assert inc.is_dir()
+        os.mkdir(inc / "is-42")
+        shot = b"\x89PNG" + os.urandom(3 * MiB)
+        src = tmp_path / "shot.png"
+        src.write_bytes(shot)
+        ino = Inotify(m.path("blobs"))
+        try:
+            subprocess.run(["cp", str(src), str(inc / "is-42" / "shot.png")], check=True)
+            name = hashlib.sha256(shot).hexdigest()
+            blob = m.path("blobs", name)
+            ino.wait("CREATE", blob)
+        finally:
+            ino.stop()
+        assert not (inc / "is-42" / "shot.png").exists()  # renamed to its hash
+        assert blob.read_bytes() == shot
+        assert raw_get(raw, bucket, name) == shot
+        info = raw.run(obs(raw, bucket).get_info(name))
+        assert info.digest == digest(shot)
+        assert xattr(blob, "user.hvfs.meta.issue") == "is-42"
+        assert xattr(blob, "user.hvfs.meta.type") == "image/png"
+        assert xattr(blob, "user.hvfs.meta.name") == "shot.png"
+        assert xattr(blob, "user.hvfs.digest") == digest(shot)
+        with pytest.raises(PermissionError):
+            blob.write_bytes(b"other")  # a blob never changes
+        subprocess.run(["cp", str(src), str(inc / "again.png")], check=True)  # the same bytes: once
+        wait_for(lambda: not (inc / "again.png").exists(), 5, "the second copy stored")
+        assert sorted(p.name for p in m.path("blobs").iterdir()) == sorted([name, "incoming"])
+        os.unlink(blob)
+        assert raw_get(raw, bucket, name) is None
+    finally:
+        m.stop()
+
+
+def test_object_bindings_in_the_config() -> None:
+    """``storage: object`` entries of ``bindings:`` are object bindings; KV code never sees them."""
+    from hvfs.config import MountConfig
+
+    c = MountConfig.model_validate({"bindings": [
+        {"path": "blobs", "bucket": "tbd-blobs", "storage": "object", "content_addressed": True},
+        {"path": "logs", "kv": "logs", "storage": "object"},
+        {"path": "issues", "kv": "fleet_issues"}]})
+    assert [(o.path, o.bucket, o.content_addressed) for o in c.objects] == [
+        ("blobs", "tbd-blobs", True), ("logs", "logs", False)]
+    assert [b.path for b in c.bindings] == ["issues"]
+    with pytest.raises(ValueError, match="raw view's obj/"):
+        MountConfig.model_validate({"bindings": [{"path": "obj/x", "bucket": "x", "storage": "object"}]})

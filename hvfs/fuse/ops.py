@@ -163,6 +163,14 @@ class Operations(pyfuse3.Operations):
             # inode may have come between this request's making and its answer: then the
             # kernel drops these attributes, and its size is not known here.
             trusted = node.inval_at < _RECEIVED.get() - QUEUE_SLACK
+            # Two replies for one inode close together: the kernel drops the one it applies
+            # second if the other was applied after it was sent; which size it kept is not
+            # known until a reply comes alone.
+            now = time.monotonic()
+            close = now - node.reply_at < QUEUE_SLACK
+            if close and (node.reply_size != a.st_size or node.told == -1):
+                trusted = False
+            node.reply_size, node.reply_at = a.st_size, now
             node.told = a.st_size if trusted else -1
         a.st_uid = self.uid
         a.st_gid = self.gid

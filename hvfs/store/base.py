@@ -82,7 +82,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from ..errors import Unavailable
+from ..errors import Corrupt
 
 __all__ = [
     "RESYNC", "SYNCED", "BucketInfo", "KvChange", "KvDelta", "KvEntry", "MsgSeen", "Op", "Queue", "QueueGone",
@@ -572,14 +572,6 @@ class Store(Protocol):
 OBJ_CHUNK_SIZE = 128 * 1024
 #: a chunk's own digest, on chunks hvfs writes (other clients ignore it)
 CHUNK_DIGEST_HEADER = "Hvfs-Chunk-Digest"
-
-
-class Corrupt(Unavailable):
-    """What NATS holds does not match its digest (a chunk, or the whole object), or a
-    chunk the meta names is missing: EIO, the reason says which. Never wrong bytes."""
-
-    def __init__(self, reason: str = "") -> None:
-        super().__init__(reason, sent=False)
 
 
 def sha256_digest(raw: bytes) -> str:

@@ -203,16 +203,16 @@ class IncomingProvider(Provider):
         key = key_of(name)
         assert key is not None
         try:
-            with view.muted(key):
-                try:
-                    info = await self.blobs.obj.obj_put(view.bucket, name, f"/proc/self/fd/{fd}", 0,
-                                                        headers=self.blobs._headers(), metadata=meta)
-                except Conflict:
-                    # Stored already (here or elsewhere): the same bytes by their name.
-                    info = await self.blobs.obj.obj_info(view.bucket, name)
-                    if info.digest != digest:
-                        raise Corrupt(f"blob {view.bucket}/{name} does not match its name "
-                                      f"(its digest is {info.digest})") from None
+            # Not muted: the kernel saw a file written in incoming/, not this blob's create.
+            try:
+                info = await self.blobs.obj.obj_put(view.bucket, name, f"/proc/self/fd/{fd}", 0,
+                                                    headers=self.blobs._headers(), metadata=meta)
+            except Conflict:
+                # Stored already (here or elsewhere): the same bytes by their name.
+                info = await self.blobs.obj.obj_info(view.bucket, name)
+                if info.digest != digest:
+                    raise Corrupt(f"blob {view.bucket}/{name} does not match its name "
+                                  f"(its digest is {info.digest})") from None
         except HvfsError as e:
             self.sv.fail(h, e, os.pread(fd, 64 << 20, 0), view.bucket)
             raise

@@ -36,6 +36,7 @@ from ..errors import (
 )
 from ..metrics import Metrics
 from ..store import Store
+from .blobs import bind_objects
 from .buckets import BucketsProvider
 from .control import Conflicts, ErrorLog, EventLog
 from .ctl import ControlProvider
@@ -138,6 +139,8 @@ class Vfs:
                                         lay.stream_policy(sb))
         for qb in self.config.queues:
             await self.queues.bind(self.tree.mkdirs(qb.path), qb)
+        for ob in self.config.objects:  # storage: object (hvfs.vfs.objects, hvfs.vfs.blobs)
+            await bind_objects(self.sv, self.tree.mkdirs(ob.path), ob, self.objects.spool_dir)
         if self.buckets is not None:
             await self.buckets.refresh()
         await self.streams.refresh_streams()

@@ -37,7 +37,7 @@ from ..store.rules import write_header_bytes
 from .handles import Handle
 from .offline import unreachable
 from .policy import WRITER_HEADER, Publish, WritePolicy, WriterLink
-from .provider import Provider, Services, size_unknown
+from .provider import Provider, Services, keep_emptied, size_unknown
 from .revision import REVISION_XATTRS, XATTRS, RevisionProvider
 from .spool import MSG_ID_LEN
 from .tree import Kind, KvView, Node, display
@@ -652,20 +652,12 @@ class KvProvider(Provider):
             await self.sv.store.delete(view.bucket, node.key, headers=env.headers)
         view.keys.pop(node.key, None)
         self.sv.tree.detach(node)
-        _keep_emptied(parent)
+        keep_emptied(parent)
 
     async def rmdir(self, parent: Node, name: bytes, node: Node | None) -> None:
         if parent.view is not None:
             self.writable_view(parent.view)
-        if node is None:
-            raise NotFound(f"{display(parent)}/{name.decode(errors='replace')}: no such directory")
-        if node.kind is not Kind.DIR:
-            raise NotADirectory(f"{display(node)} is not a directory")
-        assert node.children is not None
-        if node.children:
-            raise NotEmpty(f"{display(node)} is not empty")
-        self.sv.tree.detach(node)
-        _keep_emptied(parent)
+        self.remove_empty_dir(parent, name, node)
 
     async def rename(self, src_parent: Node, old: bytes, dst_parent: Node, new: bytes, flags: int) -> None:
         """Put the value under the new key, then delete the old key: never loses data.
@@ -736,7 +728,7 @@ class KvProvider(Provider):
         src.mtime = src.ctime = time.time()
         tree.attach(dst_parent, src)
         dst_view.keys[dst_key] = src
-        _keep_emptied(src_parent)
+        keep_emptied(src_parent)
 
     # -- xattrs ---------------------------------------------------------------------
 
@@ -824,9 +816,3 @@ def _kept_ttl(pol: WritePolicy, seen: float | None) -> float | None:
     this mount last saw it (docs/entities.md)."""
     return None if pol.ttl is not None else seen
 
-
-def _keep_emptied(d: Node) -> None:
-    """A directory emptied by a local rm or mv stays, as on any filesystem,
-    until rmdir (``rm -r`` and ``mv`` send one next); it is now this mount's own."""
-    if d.kind is Kind.DIR and d.children == {} and d.view is not None and d is not d.view.root:
-        d.local = True

@@ -37,8 +37,6 @@ from ..errors import (
     HvfsError,
     InvalidName,
     IsADirectory,
-    NotADirectory,
-    NotEmpty,
     NotFound,
     NotPermitted,
     NotSupported,
@@ -49,7 +47,7 @@ from ..store import RESYNC, SYNCED, KvChange, Op, Watch
 from ..store.base import Corrupt, ObjBucketInfo, ObjChange, ObjectInfo, ObjectStore, sha256_digest
 from .handles import Handle
 from .policy import WRITER_HEADER
-from .provider import Provider, Services
+from .provider import Provider, Services, keep_emptied
 from .tree import Kind, KvView, Node, display
 
 __all__ = ["ObjHandle", "ObjectBucketsProvider", "ObjectProvider", "key_of", "name_of"]
@@ -416,6 +414,8 @@ class ObjectProvider(Provider):
                     log.info("%s: could not take back the create: %s", display(h.node), e.reason)
                 else:
                     view.remove(h.node.key, None)
+            elif h.node.linked and h.node.parent is not None:
+                self.sv.tree.notify(h.node.parent, h.node.name, h.node, "modify")  # its size is the object's
             raise err
 
     async def write(self, h: Handle, off: int, buf: bytes) -> int:
@@ -456,6 +456,9 @@ class ObjectProvider(Provider):
             if h.size > CONFLICT_BYTES:
                 e.reason += f" (only the first {CONFLICT_BYTES} of {h.size} bytes are kept)"
             self.sv.fail(h, e, data, view.bucket, current)
+            if node.linked and node.parent is not None:
+                # The kernel knows this writer's size: the file is the object's again.
+                self.sv.tree.notify(node.parent, node.name, node, "modify")
             raise
         self.sv.metrics.inc("vfs.publishes")
         h.base = info.revision
@@ -507,19 +510,11 @@ class ObjectProvider(Provider):
                 pass  # deleted elsewhere meanwhile: gone either way
         view.keys.pop(node.key, None)
         self.sv.tree.detach(node)
-        _keep_emptied(parent)
+        keep_emptied(parent)
 
     async def rmdir(self, parent: Node, name: bytes, node: Node | None) -> None:
         self.writable()
-        if node is None:
-            raise NotFound(f"{display(parent)}/{name.decode(errors='replace')}: no such directory")
-        if node.kind is not Kind.DIR:
-            raise NotADirectory(f"{display(node)} is not a directory")
-        assert node.children is not None
-        if node.children:
-            raise NotEmpty(f"{display(node)} is not empty")
-        self.sv.tree.detach(node)
-        _keep_emptied(parent)
+        self.remove_empty_dir(parent, name, node)
 
     async def rename(self, src_parent: Node, old: bytes, dst_parent: Node, new: bytes, flags: int) -> None:
         """Within a bucket: the meta moves to the new name, the chunks stay (no copy)."""
@@ -557,7 +552,7 @@ class ObjectProvider(Provider):
         src.mtime = src.ctime = time.time()
         tree.attach(dst_parent, src)
         dst_view.keys[dst_key] = src
-        _keep_emptied(src_parent)
+        keep_emptied(src_parent)
 
     # -- xattrs ----------------------------------------------------------------------
 
@@ -669,8 +664,3 @@ class ObjectBucketsProvider(Provider):
     async def create(self, parent: Node, name: bytes, flags: int, pid: int) -> Handle:
         raise NotPermitted(f"{display(parent)}: only bucket directories hold objects")
 
-
-def _keep_emptied(d: Node) -> None:
-    """A directory emptied by a local rm or mv stays until rmdir, as on any filesystem."""
-    if d.kind is Kind.DIR and d.children == {} and d.view is not None and d is not d.view.root:
-        d.local = True

@@ -18,6 +18,9 @@ from dataclasses import dataclass, field
 from ..errors import (
     HvfsError,
     Invalid,
+    NotADirectory,
+    NotEmpty,
+    NotFound,
     NotPermitted,
     NotSupported,
     ReadOnly,
@@ -34,7 +37,7 @@ from .resolve import UNKNOWN, Resolver
 from .spool import Spool
 from .tree import Kind, Node, Tree, display
 
-__all__ = ["Provider", "Services", "size_unknown", "spliced"]
+__all__ = ["Provider", "Services", "keep_emptied", "size_unknown", "spliced"]
 
 
 def spliced(data: bytes | bytearray, off: int, buf: bytes) -> bytes:
@@ -44,6 +47,13 @@ def spliced(data: bytes | bytearray, off: int, buf: bytes) -> bytes:
         out.extend(bytes(off - len(out)))
     out[off:off + len(buf)] = buf
     return bytes(out)
+
+
+def keep_emptied(d: Node) -> None:
+    """A directory emptied by a local rm or mv stays, as on any filesystem,
+    until rmdir (``rm -r`` and ``mv`` send one next); it is now this mount's own."""
+    if d.kind is Kind.DIR and d.children == {} and d.view is not None and d is not d.view.root:
+        d.local = True
 
 
 def size_unknown(node: Node) -> None:
@@ -204,6 +214,18 @@ class Provider:
             raise ReadOnly("mounted read-only")
         if read_only and binding is not None:
             raise ReadOnly(f"{display(binding)} is read-only (its binding says so)")
+
+    def remove_empty_dir(self, parent: Node, name: bytes, node: Node | None) -> None:
+        """rmdir of a directory of keys or objects (made here, or left by keys that went)."""
+        if node is None:
+            raise NotFound(f"{display(parent)}/{name.decode(errors='replace')}: no such directory")
+        if node.kind is not Kind.DIR:
+            raise NotADirectory(f"{display(node)} is not a directory")
+        assert node.children is not None
+        if node.children:
+            raise NotEmpty(f"{display(node)} is not empty")
+        self.sv.tree.detach(node)
+        keep_emptied(parent)
 
     def rendered_file(self, parent: Node, name: bytes, render: Callable[[], bytes]) -> Node:
         """A read-only file whose content ``render`` makes when it is read (.hvfs/, _meta/)."""

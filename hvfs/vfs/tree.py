@@ -49,7 +49,7 @@ class Node:
         "ino", "kind", "name", "parent", "children", "view", "key", "revision",
         "size", "mtime", "ctime", "nlookup", "local", "linked", "render", "data",
         "stream", "queue", "told", "cached_rev", "cached_open", "cached_size", "settling", "provider",
-        "shown_rev", "ttl", "inval_at",
+        "shown_rev", "ttl", "inval_at", "reply_size", "reply_at",
     )
 
     def __init__(self, ino: int, kind: Kind, name: bytes, parent: Node | None) -> None:
@@ -83,6 +83,9 @@ class Node:
         self.ttl: float | None = None
         #: monotonic time the notifier last finished invalidating this inode (inf: doing it now)
         self.inval_at = 0.0
+        #: the size and monotonic time of this mount's last attribute reply for the inode
+        self.reply_size = -1
+        self.reply_at = 0.0
         #: the hvfs.vfs.provider.Provider that owns this node (inherited from the parent)
         self.provider: Any = parent.provider if parent is not None else None
 
