@@ -47,7 +47,7 @@ from .layout import Layout
 from .meta import MetaProvider
 from .objects import ObjectBucketsProvider, ObjectProvider
 from .offline import Offline
-from .provider import Provider, Services, size_unknown
+from .provider import Provider, Services
 from .queues import QueueProvider
 from .resolve import UNKNOWN, Resolver
 from .spool import Spool
@@ -238,8 +238,6 @@ class Vfs:
             self.sv.published(h)
             if h.cached:
                 h.node.cached_open -= 1
-            if h.writable and not h.echo and h.node.kind in (Kind.KV, Kind.REV):
-                size_unknown(h.node)  # what its O_TRUNC and writes did to the kernel's size
         return h
 
     def size_of(self, node: Node) -> int:

@@ -37,7 +37,7 @@ from ..store.rules import write_header_bytes
 from .handles import Handle
 from .offline import unreachable
 from .policy import WRITER_HEADER, Publish, WritePolicy, WriterLink
-from .provider import Provider, Services, keep_emptied, size_unknown
+from .provider import Provider, Services, keep_emptied
 from .revision import REVISION_XATTRS, XATTRS, RevisionProvider
 from .spool import MSG_ID_LEN
 from .tree import Kind, KvView, Node, display
@@ -318,7 +318,7 @@ class KvProvider(Provider):
         if writable and trunc and view.synced and node.linked and node.revision:
             # The old value is not read: the revision the mount knows is the one
             # this writer saw; a newer one makes the publish fail (ESTALE), never lost.
-            size_unknown(node)  # the kernel sets its size to 0 on an O_TRUNC open
+            node.told = 0  # the kernel sets its size to 0 on an O_TRUNC open
             return Handle(0, node, True, bytearray(), node.revision, dirty=node.size > 0, ttl=node.ttl)
         entry = await self.fetch(node)
         shown = self.policy(view).on_read(node, entry.value)
@@ -334,7 +334,8 @@ class KvProvider(Provider):
             h.cached = (node.cached_open == 0 or node.cached_rev == entry.revision) \
                 and node.told == len(shown) and not self._writing(node)
             return h
-        size_unknown(node)
+        if trunc:
+            node.told = 0
         buf = bytearray() if trunc else bytearray(shown)
         return Handle(0, node, True, buf, entry.revision, dirty=trunc and bool(shown), ttl=node.ttl)
 

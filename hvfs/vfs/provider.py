@@ -248,7 +248,7 @@ class Provider:
         h.data[off:end] = buf
         self.sv.changed(h)
         self.sv.spool.wrote(h, off, buf)
-        size_unknown(h.node)  # the kernel grows its size past a write's end
+        h.node.told = max(h.node.told, end)  # the kernel grows its size past a write's end
         return len(buf)
 
     async def truncate_buffer(self, h: Handle, size: int) -> None:
@@ -260,7 +260,6 @@ class Provider:
             del h.data[size:]
         self.sv.changed(h)
         self.sv.spool.truncated(h, size)
-        size_unknown(h.node)
 
     async def check_size(self, h: Handle, size: int, intended: Callable[[], bytes]) -> None:
         """EFBIG before a value grows past what NATS takes (see ``limit``)."""
