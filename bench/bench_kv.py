@@ -602,11 +602,7 @@ class Bench:
         if self._fc is not None:
             with contextlib.suppress(Exception):
                 self._fc.close()
-        for what, fn in (("mount", self.mnt.stop), ("tmpfs", self.tfs.stop), ("nats-server", self.srv.stop)):
-            try:
-                fn()
-            except Exception as e:  # keep stopping the rest
-                log(f"stopping {what}: {type(e).__name__}: {e}")
+        stop_each(self)
 
     # -- the table
 
@@ -761,16 +757,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    if os.geteuid() != 0:
-        log("warning: not root; mount -t tmpfs and dropping caches will not work")
-    tmp = Path(tempfile.mkdtemp(prefix="hvfs-bench-"))
-    bench = Bench(args, tmp)
-    t0 = time.monotonic()
+def stop_each(bench: Any) -> None:
+    """Stop the mount, the tmpfs and the nats-server of ``bench``; one failing stops not the rest."""
+    for what, fn in (("mount", bench.mnt.stop), ("tmpfs", bench.tfs.stop), ("nats-server", bench.srv.stop)):
+        try:
+            fn()
+        except Exception as e:  # keep stopping the rest
+            log(f"stopping {what}: {type(e).__name__}: {e}")
+
+
+def guarded(bench: Any, args: argparse.Namespace, tmp: Path, run: Callable[[], Any]) -> bool:
+    """Run a benchmark; whatever happens, stop all it started (``bench.stop_all``) and drop
+    ``tmp`` unless ``--keep`` or it failed (then the mount's log tail is shown). True: failed."""
     failed = False
     try:
-        asyncio.run(_run(bench))
+        run()
     except BaseException as e:
         failed = True
         log(f"benchmark failed: {type(e).__name__}: {e}")
@@ -783,6 +784,17 @@ def main(argv: list[str] | None = None) -> int:
             log(f"kept {tmp}")
         elif not is_mounted(bench.mnt.mountpoint) and not is_mounted(bench.tfs.where):
             shutil.rmtree(tmp, ignore_errors=True)
+    return failed
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if os.geteuid() != 0:
+        log("warning: not root; mount -t tmpfs and dropping caches will not work")
+    tmp = Path(tempfile.mkdtemp(prefix="hvfs-bench-"))
+    bench = Bench(args, tmp)
+    t0 = time.monotonic()
+    failed = guarded(bench, args, tmp, lambda: asyncio.run(_run(bench)))
     if not failed:
         print(bench.report())
         print(f"\n(whole run: {time.monotonic() - t0:.0f} s; {os.cpu_count()} CPUs; "

@@ -206,6 +206,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="keep working while NATS is away: writes are spooled durably and applied "
                    "(compare-and-swap) when it is back, reads of recently read keys come from memory "
                    "(docs/offline.md)")
+    m.add_argument("--cache", choices=("fresh", "watch"), default="fresh",
+                   help="fresh (default): every open() of a KV file gets the key's latest value from "
+                   "NATS; watch: an open of a key whose latest revision, as this mount's watch has it, "
+                   "was read before is served from memory (64 MiB, least recently read dropped first), "
+                   "current up to the watch's lag (docs/consistency.md)")
     m.add_argument("--state-dir", help="local state of this mount (env HVFS_STATE_DIR): the spool of "
                    "written bytes not yet in NATS, and .hvfs/conflicts/, kept across restarts "
                    "(default ~/.local/state/hvfs/<mountpoint>; docs/errors.md)")
@@ -340,6 +345,7 @@ def _mount(a: argparse.Namespace) -> int:
         store_dir=a.store or default_store_dir(), read_only=a.read_only, allow_other=allow_other,
         notify=not a.no_notify, writer=a.writer, metrics=a.metrics, binding=a.binding,
         state_dir=os.path.abspath(a.state_dir) if a.state_dir else None, offline=a.offline,
+        cache=a.cache,
     )
 
     def ready() -> None:

@@ -63,6 +63,7 @@ class MountOptions:
     binding: str = "pyfuse3"  # --binding: pyfuse3 (libfuse3 low-level) or mfusepy (high-level, FUSE-T)
     state_dir: str | None = None  # --state-dir: spool and conflicts; None: default_state_dir(mountpoint)
     offline: bool = False  # --offline: writes spool while NATS is away, reads of known keys from memory
+    cache: str = "fresh"  # --cache: fresh (a get per open) or watch (opens served from the watch)
 
 
 def fd_mountpoint(path: str) -> int | None:
@@ -287,7 +288,8 @@ async def _serve(opts: MountOptions, ready: Callable[[], None] | None, state: di
         stack.push_async_callback(store.close)
         await store.start()
         core = Vfs(store, opts.config, read_only=opts.read_only, max_payload=store.max_payload,
-                   writer=default_writer(opts), state_dir=state_dir, offline=opts.offline)
+                   writer=default_writer(opts), state_dir=state_dir, offline=opts.offline,
+                   cache=opts.cache)
         stack.push_async_callback(core.close)
         await core.start()
         if opts.binding == "mfusepy":

@@ -38,6 +38,8 @@ _RECEIVED: ContextVar[float] = ContextVar("hvfs_request_received", default=0.0)
 #: an attribute reply to a request made before an invalidation of its inode is
 #: dropped by the kernel, so its size is not taken as the kernel's (see attrs)
 QUEUE_SLACK = 0.05
+#: the thread whose request is being answered (FUSE's pid is the caller's thread id); 0: not known
+_CALLER: ContextVar[int] = ContextVar("hvfs_request_caller", default=0)
 _UNCACHED = (Kind.CTRL, Kind.REV, Kind.LOG, Kind.PUB)
 DIR_MODE = 0o755
 #: pyfuse3 does not pass the kernel's "now" flag on: a time this close to now is taken as UTIME_NOW
@@ -56,6 +58,7 @@ def _fuse(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[Any,
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         t0 = time.perf_counter()
         _RECEIVED.set(time.monotonic())
+        _CALLER.set(next((a.pid for a in args if isinstance(a, pyfuse3.RequestContext)), 0))
         err = 0
         try:
             return await fn(*args, **kwargs)
@@ -165,12 +168,14 @@ class Operations(pyfuse3.Operations):
             trusted = node.inval_at < _RECEIVED.get() - QUEUE_SLACK
             # Two replies for one inode close together: the kernel drops the one it applies
             # second if the other was applied after it was sent; which size it kept is not
-            # known until a reply comes alone.
+            # known until a reply comes alone. One thread's requests do not cross: its next
+            # one is made after the kernel applied the reply to its last (fsx, a shell).
             now = time.monotonic()
-            close = now - node.reply_at < QUEUE_SLACK
+            caller = _CALLER.get()
+            close = now - node.reply_at < QUEUE_SLACK and (caller == 0 or caller != node.reply_caller)
             if close and (node.reply_size != a.st_size or node.told == -1):
                 trusted = False
-            node.reply_size, node.reply_at = a.st_size, now
+            node.reply_size, node.reply_at, node.reply_caller = a.st_size, now, caller
             node.told = a.st_size if trusted else -1
         a.st_uid = self.uid
         a.st_gid = self.gid

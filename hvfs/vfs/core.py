@@ -74,7 +74,8 @@ def _check_name(name: bytes) -> None:
 class Vfs:
     def __init__(self, store: Store, config: MountConfig | None = None, read_only: bool = False,
                  max_payload: int = DEFAULT_MAX_PAYLOAD, metrics: Metrics | None = None,
-                 writer: str = "hvfs", state_dir: Path | None = None, offline: bool = False) -> None:
+                 writer: str = "hvfs", state_dir: Path | None = None, offline: bool = False,
+                 cache: str = "fresh") -> None:
         self.store = store
         self.config = config or MountConfig()
         self.read_only = read_only
@@ -87,7 +88,9 @@ class Vfs:
                            conflicts=conflicts, spool=Spool(state_dir))
         self.resolver = self.sv.resolver = Resolver(store, conflicts)
         #: pending writes (always: an earlier mount's are applied) and, with ``offline``, the mode
-        self.offline = self.sv.offline = Offline(store, self.sv.spool, conflicts, offline)
+        self.offline = self.sv.offline = Offline(store, self.sv.spool, conflicts, offline,
+                                                 keep_values=cache == "watch")
+        self.sv.cache_watch = cache == "watch"
         self.layout = Layout(store, self.config, writer)
         self.conflicts: Conflicts = self.sv.conflicts
         self.errors: ErrorLog = self.sv.errors
@@ -513,7 +516,11 @@ class Vfs:
                                  ("pending", "writes kept pending while NATS was away (--offline)",
                                   "hvfs_offline_writes"),
                                  ("stale_reads", "reads served from memory while NATS was away (--offline)",
-                                  "hvfs_stale_reads")):
+                                  "hvfs_stale_reads"),
+                                 ("cache_hits", "opens served from the watch without a get (--cache watch)",
+                                  "hvfs_cache_hits"),
+                                 ("cache_misses", "opens that needed a get (--cache watch)",
+                                  "hvfs_cache_misses")):
             m.counter(f"vfs.{name}", help, prom)
         st = self.store.state
         m.gauge("nats.connected", lambda: st.connected, "connected to NATS (1) or not (0)")
@@ -581,6 +588,8 @@ class Vfs:
             "offline": {"enabled": self.offline.enabled, "pending": m.value("offline.pending"),
                         "applied": self.offline.applied, "lost": self.offline.lost,
                         "stale_reads": m.value("vfs.stale_reads")},
+            "cache": {"mode": "watch" if self.sv.cache_watch else "fresh", "hits": m.value("vfs.cache_hits"),
+                      "misses": m.value("vfs.cache_misses")},
         }
         notifier = m.group("notifier")
         if notifier:

@@ -59,6 +59,10 @@ MSG_ID_HEADER = "Nats-Msg-Id"
 #: present while the file has a pending write (offline mode) / was last read from memory
 STATE_XATTRS = (b"user.hvfs.pending", b"user.hvfs.stale")
 
+#: once a writer opened a file beside page-cache readers on a mount, its read-only opens there
+#: use direct_io until no writer opened it there for this many seconds (docs/consistency.md)
+CONTENDED = 10.0
+
 
 def value_headers(writer: str) -> dict[str, str]:
     """The extra headers of a handle's publish, at their largest: what its size limit leaves room for."""
@@ -192,6 +196,7 @@ class KvProvider(Provider):
             elif item == SYNCED:
                 for v in views:
                     v.end_resync()
+                    v.live = self.sv.store.state.reconnects
                     ev = self._synced.get(id(v))
                     if ev is not None:
                         ev.set()
@@ -315,6 +320,13 @@ class KvProvider(Provider):
         trunc = bool(flags & os.O_TRUNC)
         if writable:
             self.writable_view(view)
+            now = time.monotonic()
+            if node.cached_open or node.contended > now:
+                # A writer beside open page-cache readers: its O_TRUNC and writes set the
+                # kernel's size under them (a read may come out empty or cut), so until
+                # writers here have left the file alone for a while, its readers here
+                # read with direct_io instead.
+                node.contended = now + CONTENDED
         if writable and trunc and view.synced and node.linked and node.revision:
             # The old value is not read: the revision the mount knows is the one
             # this writer saw; a newer one makes the publish fail (ESTALE), never lost.
@@ -332,7 +344,8 @@ class KvProvider(Provider):
             # attribute reply racing a remote change's invalidation may be dropped, so a
             # size it must first learn is not relied on: such a handle reads with direct_io.
             h.cached = (node.cached_open == 0 or node.cached_rev == entry.revision) \
-                and node.told == len(shown) and not self._writing(node)
+                and node.told == len(shown) and not self._writing(node) \
+                and node.contended < time.monotonic()
             return h
         if trunc:
             node.told = 0
@@ -535,6 +548,10 @@ class KvProvider(Provider):
             pw = off.of(view.bucket, node.key)
             if pw is not None:  # this mount's own pending write: read your writes
                 return KvEntry(view.bucket, node.key, pw.data, pw.base, pw.time, dict(pw.headers))
+        if self.sv.cache_watch:
+            kept = await self._from_watch(view, node)
+            if kept is not None:
+                return kept
         try:
             entry = await self.sv.store.get(view.bucket, node.key)
         except NotFound:
@@ -553,6 +570,28 @@ class KvProvider(Provider):
         view.put(node.key, entry.revision, len(entry.value), entry.time)
         node.ttl = ttl_of(entry.headers)
         return entry
+
+    async def _from_watch(self, view: KvView, node: Node) -> KvEntry | None:
+        """``--cache watch``: the value read before, if it is still the key's latest revision
+        as the watch has it (current up to the watch's lag), the watch has run without a
+        break since its last snapshot, and no expiry can end the value unseen (no TTL
+        unless the server marks expiries)."""
+        st = self.sv.store.state
+        off = self.sv.offline
+        if off is None or not (st.connected and view.synced and not view.resyncing
+                               and view.live == st.reconnects and node.linked):
+            return None
+        kept = off.recall(view.bucket, node.key)
+        if kept is None or kept.revision != node.revision:
+            self.sv.metrics.inc("vfs.cache_misses")
+            return None
+        bi = await self.sv.store.bucket(view.bucket)
+        if (bi.max_age or ttl_of(kept.headers) is not None) and not bi.marker_ttl:
+            return None
+        self.sv.metrics.inc("vfs.cache_hits")
+        self.stale.discard((view.bucket, node.key))
+        node.ttl = ttl_of(kept.headers)
+        return kept
 
     async def current_revision(self, view: KvView, key: str) -> int:
         try:

@@ -70,12 +70,15 @@ class Offline(Periodic):
 
     interval = 0.5
 
-    def __init__(self, store: Store, spool: Spool, conflicts: Conflicts, enabled: bool) -> None:
+    def __init__(self, store: Store, spool: Spool, conflicts: Conflicts, enabled: bool,
+                 keep_values: bool = False) -> None:
         super().__init__()
         self.store = store
         self.spool = spool
         self.conflicts = conflicts
         self.enabled = enabled
+        #: values read are kept: for reads while NATS is away, and for ``--cache watch``
+        self.keeps = enabled or keep_values
         self.pending: OrderedDict[tuple[str, str], PendingWrite] = OrderedDict()
         self._cache: OrderedDict[tuple[str, str], KvEntry] = OrderedDict()
         self._cache_bytes = 0
@@ -88,8 +91,9 @@ class Offline(Periodic):
     # -- the read cache ------------------------------------------------------------
 
     def remember(self, entry: KvEntry) -> None:
-        """A value just read from NATS: kept (bounded) for reads while NATS is away."""
-        if not self.enabled:
+        """A value just read from NATS: kept (bounded) for reads while NATS is away, and
+        for opens served from the watch (``--cache watch``)."""
+        if not self.keeps:
             return
         k = (entry.bucket, entry.key)
         old = self._cache.pop(k, None)

@@ -87,6 +87,9 @@ class Services:
     resolver: Resolver | None = None
     #: pending writes and the read cache; ``offline.enabled`` with ``--offline`` (set by the facade)
     offline: Offline | None = None
+    #: ``--cache watch``: an open of a key whose latest revision (as the watch has it) was
+    #: read before is served from memory, without a get (docs/consistency.md)
+    cache_watch: bool = False
 
     def fail(self, h: Handle, err: HvfsError, data: bytes, where: str, current: int | None = None,
              msg_id: str = "") -> None:

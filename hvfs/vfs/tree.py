@@ -49,7 +49,7 @@ class Node:
         "ino", "kind", "name", "parent", "children", "view", "key", "revision",
         "size", "mtime", "ctime", "nlookup", "local", "linked", "render", "data",
         "stream", "queue", "told", "cached_rev", "cached_open", "cached_size", "settling", "provider",
-        "shown_rev", "ttl", "inval_at", "reply_size", "reply_at",
+        "shown_rev", "ttl", "inval_at", "reply_size", "reply_at", "reply_caller", "contended",
     )
 
     def __init__(self, ino: int, kind: Kind, name: bytes, parent: Node | None) -> None:
@@ -86,6 +86,10 @@ class Node:
         #: the size and monotonic time of this mount's last attribute reply for the inode
         self.reply_size = -1
         self.reply_at = 0.0
+        self.reply_caller = 0  # the thread the last attribute reply answered (hvfs.fuse.ops)
+        #: until then (monotonic) read-only opens here use direct_io: a writer opened the
+        #: file beside page-cache readers (hvfs.vfs.kv)
+        self.contended = 0.0
         #: the hvfs.vfs.provider.Provider that owns this node (inherited from the parent)
         self.provider: Any = parent.provider if parent is not None else None
 
@@ -206,6 +210,8 @@ class KvView:
         self.prefix = prefix
         self.keys: dict[str, Node] = {}
         self.synced = False
+        #: the store's reconnect count when the watch last completed a snapshot
+        self.live = -1
         self._resync_seen: set[str] | None = None
         self.hidden: dict[str, str] = {}  # key -> why it is not shown
         #: keys this mount is publishing right now: their watch echo is applied
@@ -264,6 +270,10 @@ class KvView:
 
     def begin_resync(self) -> None:
         self._resync_seen = set()
+
+    @property
+    def resyncing(self) -> bool:
+        return self._resync_seen is not None
 
     def end_resync(self) -> None:
         seen, self._resync_seen = self._resync_seen, None
