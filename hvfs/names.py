@@ -30,6 +30,8 @@ _SAFE = frozenset(b"-_0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUV
 _HEX = b"0123456789ABCDEF"
 _KEY_RE = re.compile(r"^[-/_=.a-zA-Z0-9]+$")
 _ESCAPE_RE = re.compile(r"=([0-9A-F]{2})")
+#: a token of safe characters only is its own name (most keys: the fast path)
+_PLAIN_RE = re.compile(r"[-_0-9a-zA-Z]+")
 MAX_NAME = 255
 
 
@@ -77,6 +79,8 @@ def decode_token(token: str) -> tuple[bytes, bool]:
     is shown as its own text with ``/`` written ``=2F``; such a name is found
     through the index, and creating that name anew makes a canonical key.
     """
+    if len(token) <= MAX_NAME and _PLAIN_RE.fullmatch(token):
+        return token.encode("ascii"), True
     raw = _canonical_decode(token)
     if (
         raw is not None

@@ -189,6 +189,7 @@ class KvProvider(Provider):
     def _on_watch(self, bucket: str, items: list[KvChange | str]) -> None:
         """A batch of the bucket's watch, on the trio thread."""
         views = self.views.get(bucket, [])
+        seen = 0
         for item in items:
             if item == RESYNC:
                 for v in views:
@@ -204,11 +205,16 @@ class KvProvider(Provider):
                 assert isinstance(item, KvChange)
                 if item.msg_id and self.sv.resolver is not None:
                     self.sv.resolver.seen(item.msg_id, item.revision)
-                self.sv.metrics.inc("vfs.changes_seen")
-                self.sv.metrics.observe("watch.lag_seconds", max(0.0, time.time() - item.time))
+                seen += 1
+                first = True  # part of a first snapshot: the state, not a change (no event, no lag)
                 for v in views:
+                    first = first and not v.synced
                     v.apply(item.key, item.op is not Op.PUT, item.revision, item.size, item.time)
-                self.sv.events.add(item)
+                if not first:
+                    self.sv.metrics.observe("watch.lag_seconds", max(0.0, time.time() - item.time))
+                    self.sv.events.add(item)
+        if seen:
+            self.sv.metrics.inc("vfs.changes_seen", seen)
 
     def policy(self, view: KvView) -> WritePolicy:
         return self._policies.get(id(view), self._raw)
