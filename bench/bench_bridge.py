@@ -122,7 +122,7 @@ async def trio_part(url: str, n: int, w: int) -> dict[str, list[float]]:
 
         async def core_read() -> None:
             h = await core.open(rnode.ino, os.O_RDONLY)
-            core.read(h.fh, 0, 65536)
+            await core.read(h.fh, 0, 65536)
             core.release(h.fh)
 
         async def core_write() -> None:
