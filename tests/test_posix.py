@@ -711,6 +711,49 @@ def test_mmap_shared_of_a_file_open_for_writing_is_enodev(mnt, raw, bucket, prot
     assert len(history(raw, bucket, "f")) == 1
 
 
+def test_mmap_shared_after_own_writes_that_change_the_size(mnt, raw, bucket):
+    """One thread writes (the size changing at every step), closes, then maps the file
+    read-only: its own requests never cross, so the kernel's size is known and the
+    mapping works every time (fsx's check; docs/consistency.md)."""
+    p = kvdir(mnt, bucket) / "grow"
+    p.write_bytes(b"")
+    model = b""
+    for i in range(40):
+        with Fd(p, os.O_RDWR) as f:
+            model = (model + b"%d," % i * (i % 7 + 1))[: 200 + (i * 37) % 900]
+            os.pwrite(f.fd, model, 0)
+            os.ftruncate(f.fd, len(model))
+            assert os.fstat(f.fd).st_size == len(model)
+        assert os.stat(p).st_size == len(model)
+        with Fd(p, os.O_RDONLY) as f:
+            m = mmap.mmap(f.fd, 0, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
+            try:
+                assert m[:] == model, f"step {i}"
+            finally:
+                m.close()
+    assert raw.value(bucket, "grow") == model
+
+
+def test_readers_beside_a_writer_on_their_mount_never_read_it_empty(mnt, raw, bucket):
+    """A writer opening the file while a page-cache reader has it open sends the file's
+    readers on this mount to direct_io (docs/consistency.md): a reader opened now reads
+    the published value, and its MAP_SHARED is refused (ENODEV), as documented."""
+    seed(raw, bucket, "hot", b"published value", mnt)
+    p = kvdir(mnt, bucket) / "hot"
+    with Fd(p, os.O_RDONLY) as reader:
+        m = mmap.mmap(reader.fd, 0, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)  # page cache
+        m.close()
+        with Fd(p, os.O_WRONLY | os.O_TRUNC) as writer:
+            assert os.pread(reader.fd, 100, 0) == b"published value"
+            os.write(writer.fd, b"next")
+            writer.close()
+    with Fd(p, os.O_RDONLY) as f:
+        assert os.read(f.fd, 100) == b"next"
+        with pytest.raises(OSError) as ei:
+            mmap.mmap(f.fd, 0, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
+        assert ei.value.errno == errno.ENODEV
+
+
 # In a child process: a SIGBUS from a mapping gone wrong must not take pytest down.
 MMAP_CHILD = r'''
 import mmap, os, sys
