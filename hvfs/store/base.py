@@ -140,7 +140,8 @@ class StreamMsg:
     time: float
 
 
-@dataclass(frozen=True, slots=True)
+#: not frozen: a frozen dataclass's __init__ costs 3x, paid once per entry of a snapshot
+@dataclass(slots=True)
 class MsgSeen:
     """What a stream watch reports: one message, without its payload."""
 
@@ -217,7 +218,8 @@ class StreamDelta:
     msgs: list[StreamMsg]
 
 
-@dataclass(frozen=True, slots=True)
+#: not frozen: a frozen dataclass's __init__ costs 3x, paid once per entry of a snapshot
+@dataclass(slots=True)
 class KvChange:
     """What a watch reports: one revision of one key, without its value.
 

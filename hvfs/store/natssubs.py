@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import json
 import logging
 import threading
 import time
@@ -43,10 +44,81 @@ __all__ = ["KvWatch", "NatsQueue", "StreamWatch", "op_of", "read_since", "storag
 log = logging.getLogger(__name__)
 
 _CHUNK = 256
+#: seconds between the snapshot consumer's heartbeats while it has nothing to send
+_SNAPSHOT_HEARTBEAT = 5.0
+
+
+class _Snapshot:
+    """One fast snapshot being read (the store's loop only)."""
+
+    def __init__(self) -> None:
+        self.sub: Any = None
+        self.consumer = ""
+        self.next = 1  # the consumer sequence the next message must have
+        self.last = 0  # the highest stream sequence read
+        self.done = False
+        self.active = False  # something arrived since the watchdog last looked
+        self.tasks: set[asyncio.Task[Any]] = set()
+
+    def spawn(self, loop: asyncio.AbstractEventLoop, coro: Any) -> None:
+        t = loop.create_task(coro)
+        self.tasks.add(t)
+        t.add_done_callback(self.tasks.discard)
 
 
 def ts(t: dt.datetime | None) -> float:
     return t.timestamp() if t is not None else time.time()
+
+
+def _ack_fields(reply: str) -> tuple[int, int, float, int] | None:
+    """(stream sequence, consumer sequence, time, pending) from a JetStream delivery's reply
+    subject (``$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ns>.<pending>``, or the
+    form with domain and account hash); None if it is not one."""
+    t = reply.split(".")
+    if len(t) == 9 and t[0] == "$JS":
+        return int(t[5]), int(t[6]), int(t[7]) / 1e9, int(t[8])
+    if len(t) >= 12 and t[0] == "$JS":
+        return int(t[7]), int(t[8]), int(t[9]) / 1e9, int(t[10])
+    return None
+
+
+def raw_headers(block: bytes) -> tuple[str, dict[str, str]]:
+    """The status line's code ("" for none) and the headers of a raw NATS header block."""
+    lines = block.decode("utf-8", "replace").split("\r\n")
+    status = lines[0][9:12] if len(lines[0]) > 9 else ""
+    out: dict[str, str] = {}
+    for line in lines[1:]:
+        k, sep, v = line.partition(":")
+        if sep and k not in out:
+            out[k] = v.strip()
+    return status, out
+
+
+def _fast_msgs(nc: Any) -> dict[int, Callable[[bytes, bytes, bytes, bytes], None]] | None:
+    """Subscription id -> a plain function that takes its raw messages (subject, reply, data,
+    header block), called from the connection's read loop without building nats-py's
+    ``Msg`` objects: a snapshot of a million entries reads at about 3x the speed.
+
+    nats-py 2.16's ``Client._process_msg`` is wrapped once per connection (the version
+    is pinned); None if the client does not have it (the caller uses the plain path)."""
+    table: dict[int, Callable[[bytes, bytes, bytes, bytes], None]] | None = nc.__dict__.get("_hvfs_fast")
+    if table is not None:
+        return table
+    orig = getattr(nc, "_process_msg", None)
+    if orig is None or not asyncio.iscoroutinefunction(orig):
+        return None
+    table = {}
+
+    async def process_msg(sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes) -> None:
+        fn = table.get(sid)
+        if fn is None:
+            await orig(sid, subject, reply, data, headers)
+        else:
+            fn(subject, reply, data, headers)
+
+    nc.__dict__["_hvfs_fast"] = table
+    nc._process_msg = process_msg
+    return table
 
 
 def delivery(msg: Any) -> tuple[int, float, int]:
@@ -54,11 +126,9 @@ def delivery(msg: Any) -> tuple[int, float, int]:
     (``$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ns>.<pending>``, or the form with
     domain and account hash): nats-py's ``msg.metadata`` costs several times as much, which a
     snapshot of a million keys pays a million times."""
-    t = (msg.reply or "").split(".")
-    if len(t) == 9 and t[0] == "$JS":
-        return int(t[5]), int(t[7]) / 1e9, int(t[8])
-    if len(t) >= 12 and t[0] == "$JS":
-        return int(t[7]), int(t[9]) / 1e9, int(t[10])
+    f = _ack_fields(msg.reply or "")
+    if f is not None:
+        return f[0], f[2], f[3]
     meta = msg.metadata
     return int(meta.sequence.stream), ts(meta.timestamp), int(meta.num_pending or 0)
 
@@ -84,6 +154,7 @@ class KvWatch:
         self._scheduled = False
         self._synced = False
         self._gen = 0
+        self._snap: _Snapshot | None = None  # the fast snapshot being read
         self.closed = False
 
     async def stop(self) -> None:
@@ -145,13 +216,19 @@ class KvWatch:
     #: what the consumer covers; a stream watch takes every subject from the start
     deliver_policy = api.DeliverPolicy.LAST_PER_SUBJECT
 
-    def _item(self, msg: Any, seq: int, when: float, size: int) -> KvChange:
-        op = op_of(msg.headers)
-        return KvChange(self.bucket, msg.subject[len(self.pre):], op, seq, size if op is Op.PUT else 0, when,
-                        (msg.headers or {}).get(MSG_ID, ""))
+    def _item(self, subject: str, headers: dict[str, str] | None, seq: int, when: float,
+              size: int) -> KvChange:
+        op = op_of(headers)
+        return KvChange(self.bucket, subject[len(self.pre):], op, seq, size if op is Op.PUT else 0, when,
+                        (headers or {}).get(MSG_ID, ""))
 
     async def start(self) -> None:
         """(Re)start the snapshot: RESYNC, every current entry, SYNCED, then live changes.
+
+        The snapshot is read by a consumer of its own whose messages skip nats-py's
+        per-message machinery (``_fast_msgs``); once it has sent everything, an ordered
+        consumer follows from the next sequence (``_live``). Without the fast path (or
+        for an empty bucket) the ordered consumer does both.
 
         What it emits is held back until the consumer exists: a watch of a missing
         bucket or stream fails with nothing sent to the sink, not even RESYNC.
@@ -161,6 +238,21 @@ class KvWatch:
         self._synced = False
         self._hold()
         self._emit(RESYNC)
+        try:
+            try:
+                if not await self._snapshot(gen):
+                    await self._live(gen, None)
+            except nats.js.errors.NotFoundError:
+                raise NotFound(self._missing) from None
+        except BaseException:
+            self._drop()
+            await asyncio.shield(self._stop())  # a consumer half made goes too
+            raise
+        self._release()
+
+    async def _live(self, gen: int, start: int | None) -> None:
+        """The ordered consumer: from ``start`` on (the snapshot sent what came before),
+        or (None) the snapshot too."""
 
         async def on_msg(msg: Any) -> None:
             if gen != self._gen:
@@ -168,32 +260,136 @@ class KvWatch:
             seq, when, pending = delivery(msg)
             hdrs = msg.headers
             size = int(hdrs["Nats-Msg-Size"]) if hdrs and "Nats-Msg-Size" in hdrs else len(msg.data or b"")
-            self._emit(self._item(msg, seq, when, size))
+            self._emit(self._item(msg.subject, hdrs, seq, when, size))
             if not self._synced and pending == 0:
                 self._synced = True
                 self._emit(SYNCED)
 
-        try:
-            try:
-                self.sub = await self.store._js.subscribe(
-                    f"{self.pre}>", stream=self.stream_name, cb=on_msg, ordered_consumer=True,
-                    deliver_policy=self.deliver_policy, headers_only=True,
-                    inactive_threshold=300.0, pending_msgs_limit=-1,
-                )
-                info = await self.sub.consumer_info()
-            except nats.js.errors.NotFoundError:
-                raise NotFound(self._missing) from None
-        except BaseException:
-            self._drop()
-            await asyncio.shield(self._stop())  # a consumer half made goes too
-            raise
+        if start is None:
+            policy: dict[str, Any] = {"deliver_policy": self.deliver_policy}
+        else:
+            policy = {"deliver_policy": api.DeliverPolicy.BY_START_SEQUENCE,
+                      "config": api.ConsumerConfig(opt_start_seq=start)}
+        self.sub = await self.store._js.subscribe(
+            f"{self.pre}>", stream=self.stream_name, cb=on_msg, ordered_consumer=True,
+            headers_only=True, inactive_threshold=300.0, pending_msgs_limit=-1, **policy,
+        )
+        if start is not None:
+            return
+        info = await self.sub.consumer_info()
         # Empty only if the server has sent nothing and has nothing to send: messages
         # it sent may not have reached on_msg yet (the last of them says SYNCED).
         sent = info.delivered.consumer_seq if info.delivered is not None else 0
         if info.num_pending == 0 and not sent and not self._synced:
             self._synced = True
             self._emit(SYNCED)
-        self._release()
+
+    async def _snapshot(self, gen: int) -> bool:
+        """Start reading the snapshot through the fast path; False: not taken (no fast path
+        on this client, or nothing to read), nothing left behind."""
+        nc = self.store._nc
+        table = _fast_msgs(nc) if nc is not None else None
+        if table is None:
+            return False
+        loop = asyncio.get_running_loop()
+        snap = _Snapshot()
+        self._snap = snap
+        snap.sub = await nc.subscribe(nc.new_inbox(), pending_msgs_limit=-1, pending_bytes_limit=-1)
+
+        def on_raw(subject: bytes, reply: bytes, data: bytes, headers: bytes) -> None:
+            if gen != self._gen or snap.done:
+                return
+            snap.active = True
+            f = _ack_fields(reply.decode()) if reply.startswith(b"$JS.ACK.") else None
+            if f is None:  # a flow-control request (it has a reply subject) or a heartbeat
+                if reply:
+                    snap.spawn(loop, nc.publish(reply.decode(), b""))
+                return
+            sseq, cseq, when, pending = f
+            if cseq != snap.next:
+                snap.done = True
+                log.warning("watch %s: snapshot skipped from %d to %d; starting again", self.bucket,
+                            snap.next, cseq)
+                snap.spawn(loop, self._again(gen))
+                return
+            snap.next += 1
+            hdrs = raw_headers(headers)[1] if headers else {}
+            size = hdrs.get("Nats-Msg-Size")
+            self._emit(self._item(subject.decode(), hdrs, sseq, when, int(size) if size else len(data)))
+            snap.last = max(snap.last, sseq)
+            if pending == 0:
+                snap.done = self._synced = True
+                self._emit(SYNCED)
+                snap.spawn(loop, self._follow(gen, snap.last))
+
+        table[snap.sub._id] = on_raw
+        req = {"stream_name": self.stream_name, "config": {
+            "deliver_subject": snap.sub.subject, "deliver_policy": self.deliver_policy.value,
+            "ack_policy": "none", "filter_subject": f"{self.pre}>", "headers_only": True,
+            "flow_control": True, "idle_heartbeat": int(_SNAPSHOT_HEARTBEAT * 1e9), "mem_storage": True,
+            "num_replicas": 1, "inactive_threshold": int(30e9), "replay_policy": "instant"}}
+        resp = await nc.request(f"$JS.API.CONSUMER.CREATE.{self.stream_name}", json.dumps(req).encode(),
+                                timeout=self.store.timeout)
+        info = json.loads(resp.data)
+        err = info.get("error")
+        if err is not None:
+            await self._end_snapshot()
+            if err.get("code") == 404:
+                raise NotFound(self._missing)
+            log.warning("watch %s: no fast snapshot (%s); the ordered consumer reads it", self.bucket,
+                        err.get("description"))
+            return False
+        snap.consumer = info.get("name", "")
+        if not info.get("num_pending") and not (info.get("delivered") or {}).get("consumer_seq"):
+            await self._end_snapshot()  # nothing to read: the ordered consumer knows an empty one
+            return False
+        snap.spawn(loop, self._watchdog(gen, snap))
+        return True
+
+    async def _follow(self, gen: int, last: int) -> None:
+        """The snapshot is complete up to ``last``: its consumer goes, the live one follows."""
+        try:
+            await self._end_snapshot()
+            if gen == self._gen and not self.closed:
+                await asyncio.wait_for(self._live(gen, last + 1), max(self.store.timeout, 10.0))
+        except Exception as e:
+            log.warning("watch %s: following after the snapshot failed (%s); starting again", self.bucket, e)
+            await self._again(gen)
+
+    async def _watchdog(self, gen: int, snap: _Snapshot) -> None:
+        """A snapshot that stops arriving (no message, no heartbeat for three heartbeats)
+        starts again."""
+        while not snap.done and gen == self._gen:
+            snap.active = False
+            await asyncio.sleep(3 * _SNAPSHOT_HEARTBEAT)
+            if not snap.active and not snap.done and gen == self._gen:
+                log.warning("watch %s: the snapshot stalled; starting again", self.bucket)
+                await self._again(gen)
+                return
+
+    async def _again(self, gen: int) -> None:
+        if gen == self._gen and not self.closed:
+            await self.restart()
+
+    async def _end_snapshot(self) -> None:
+        snap, self._snap = self._snap, None
+        if snap is None:
+            return
+        snap.done = True
+        me = asyncio.current_task()
+        for t in list(snap.tasks):
+            if t is not me:
+                t.cancel()  # the watchdog; a flow-control answer no longer needed
+        nc = self.store._nc
+        table = nc.__dict__.get("_hvfs_fast") if nc is not None else None
+        if snap.sub is not None:
+            if table is not None:
+                table.pop(snap.sub._id, None)
+            await _unsubscribe(snap.sub, self.store.timeout)
+        if snap.consumer and nc is not None and nc.is_connected:
+            with contextlib.suppress(Exception):
+                await nc.request(f"$JS.API.CONSUMER.DELETE.{self.stream_name}.{snap.consumer}", b"",
+                                 timeout=self.store.timeout)
 
     @property
     def stream_name(self) -> str:
@@ -223,6 +419,7 @@ class KvWatch:
 
     async def _stop(self) -> None:
         self._gen += 1
+        await self._end_snapshot()
         sub, self.sub = self.sub, None
         if sub is not None:
             with contextlib.suppress(Exception):
@@ -369,8 +566,9 @@ class StreamWatch(KvWatch):
     def _missing(self) -> str:
         return f"no stream {self.bucket!r}"
 
-    def _item(self, msg: Any, seq: int, when: float, size: int) -> MsgSeen:  # type: ignore[override]
-        return MsgSeen(self.bucket, msg.subject, seq, size, when)
+    def _item(self, subject: str, headers: dict[str, str] | None, seq: int, when: float,  # type: ignore[override]
+              size: int) -> MsgSeen:
+        return MsgSeen(self.bucket, subject, seq, size, when)
 
 
 class _Read:
