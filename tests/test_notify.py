@@ -1,12 +1,14 @@
 """Changes made elsewhere reach the kernel: listings, stat, cat and inotify."""
 
+import asyncio
 import errno
 import json
 import os
+import threading
 
 import pytest
 
-from .helpers import Inotify, wait_for
+from .helpers import Inotify, Mount, wait_for
 
 
 @pytest.fixture
@@ -238,3 +240,64 @@ def test_storm_with_a_watcher_misses_no_event(raw, mnt, bucket):
         assert {p for e, p in w.events if "CREATE" in e} >= {str(d / f"k{i}") for i in range(300)}
     finally:
         w.stop()
+
+
+def test_a_mount_starting_during_writes_misses_none(server, raw, tmp_path):
+    """The snapshot is read by a consumer of its own and an ordered consumer follows from
+    the next sequence: writes, deletes and new keys made while a mount starts and reads
+    20,000 keys all reach its index (hvfs.store.natssubs.KvWatch)."""
+    bucket = f"snapwrites_{os.getpid()}"
+    raw.create_bucket(bucket, history=1)
+    kv = raw.kv(bucket)
+
+    async def fill() -> None:
+        for i in range(0, 20_000, 1000):
+            await asyncio.gather(*(kv.put(f"k{j}", b"x%d" % j) for j in range(i, i + 1000)))
+
+    raw.run(fill(), timeout=120)
+    stop = threading.Event()
+    done: list[int] = []
+
+    def churn() -> None:
+        i = 0
+        while not stop.is_set() or i < 300:
+            raw.put(bucket, f"k{i % 20_000}", b"new %d" % i)  # new revisions of old keys
+            raw.put(bucket, f"late{i}", b"late")  # keys the snapshot cannot have
+            if i % 10 == 0:
+                raw.delete(bucket, f"k{(i * 7) % 20_000}")
+            i += 1
+        done.append(i)
+
+    t = threading.Thread(target=churn)
+    t.start()
+    m = Mount(tmp_path / "m", server.url)
+    try:
+        m.start()
+        wait_for(lambda: (m.path("kv", bucket) / "late5").exists(), timeout=30, what="a late key")
+        stop.set()
+        t.join(60)
+        assert done, "the writer failed"
+
+        async def state() -> dict[str, int]:
+            w = await kv.watchall(ignore_deletes=True)
+            out: dict[str, int] = {}
+            async for e in w:
+                if e is None:
+                    break
+                out[e.key] = e.revision
+            await w.stop()
+            return out
+
+        want = raw.run(state(), timeout=60)
+
+        def same() -> bool:
+            return sorted(os.listdir(m.path("kv", bucket))) == sorted(want)
+
+        wait_for(same, timeout=30, what="the mount's listing to equal the bucket's keys")
+        for key in ("k0", "k299", f"late{done[0] - 1}"):
+            if key in want:
+                assert int(os.getxattr(m.path("kv", bucket, key), "user.hvfs.revision")) == want[key]
+    finally:
+        stop.set()
+        t.join(60)
+        m.stop()
