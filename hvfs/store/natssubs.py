@@ -328,8 +328,10 @@ class KvWatch:
             "ack_policy": "none", "filter_subject": f"{self.pre}>", "headers_only": True,
             "flow_control": True, "idle_heartbeat": int(_SNAPSHOT_HEARTBEAT * 1e9), "mem_storage": True,
             "num_replicas": 1, "inactive_threshold": int(30e9), "replay_policy": "instant"}}
+        # The server counts what a last-per-subject consumer has pending at its creation: a
+        # second or more for a million subjects; the bound is the watch's (NatsStore.watch).
         resp = await nc.request(f"$JS.API.CONSUMER.CREATE.{self.stream_name}", json.dumps(req).encode(),
-                                timeout=self.store.timeout)
+                                timeout=max(self.store.timeout, 10.0) - 0.5)
         info = json.loads(resp.data)
         err = info.get("error")
         if err is not None:

@@ -71,6 +71,10 @@ def _check_name(name: bytes) -> None:
         raise NameTooLong(f"name of {len(name)} bytes; at most {NAME_MAX} bytes per name")
 
 
+#: at start-up, seconds to wait for the snapshots of every bucket, then of every stream, before
+#: the next NATS calls (they share one connection and would wait behind them, timing out)
+SNAPSHOT_WAIT = 120.0
+
 class Vfs:
     def __init__(self, store: Store, config: MountConfig | None = None, read_only: bool = False,
                  max_payload: int = DEFAULT_MAX_PAYLOAD, metrics: Metrics | None = None,
@@ -146,7 +150,9 @@ class Vfs:
             await bind_objects(self.sv, self.tree.mkdirs(ob.path), ob, self.objects.spool_dir)
         if self.buckets is not None:
             await self.buckets.refresh()
+        await self.kv.snapshots_in(SNAPSHOT_WAIT)
         await self.streams.refresh_streams()
+        await self.streams.snapshots_in(SNAPSHOT_WAIT)
         if self.obj_buckets is not None:
             await self.obj_buckets.refresh()
 

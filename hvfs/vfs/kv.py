@@ -259,6 +259,19 @@ class KvProvider(Provider):
             with trio.move_on_after(self.sv.store.timeout):
                 await ev.wait()
 
+    async def snapshots_in(self, bound: float) -> None:
+        """Wait (at most ``bound`` seconds) for every bucket's first snapshot: its messages
+        share the one NATS connection with every other call, which would wait behind a
+        large one (a million keys: seconds) longer than a call's timeout."""
+        with trio.move_on_after(bound):
+            for bucket, vs in list(self.views.items()):
+                if bucket not in self._watches:
+                    continue  # its watch failed to start: nothing will come
+                for v in vs:
+                    ev = self._synced.get(id(v))
+                    if ev is not None and not v.synced:
+                        await ev.wait()
+
     def key_count(self) -> int:
         return sum(len(v.keys) for vs in self.views.values() for v in vs)
 

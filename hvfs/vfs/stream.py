@@ -166,6 +166,13 @@ class StreamProvider(Provider):
             elif isinstance(item, MsgSeen):
                 view.put(item)
 
+    async def snapshots_in(self, bound: float) -> None:
+        """As KvProvider.snapshots_in, for the streams' snapshots."""
+        with trio.move_on_after(bound):
+            for vid, ev in list(self._stream_synced.items()):
+                if vid in self._stream_watches:
+                    await ev.wait()
+
     async def _wait_stream(self, view: StreamView) -> None:
         if not view.synced:
             ev = self._stream_synced.get(id(view))
