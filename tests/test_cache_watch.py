@@ -128,7 +128,9 @@ def test_local_writes_and_deletes(cached: Mount, raw: RawNats, bucket: str) -> N
     p.write_bytes(b"a")
     assert p.read_bytes() == b"a"
     p.write_bytes(b"bb")
-    assert p.read_bytes() == b"bb"
+    hits = status(cached)["cache"]["hits"]
+    assert p.read_bytes() == b"bb"  # what this mount wrote is kept: no get
+    assert status(cached)["cache"]["hits"] == hits + 1
     assert raw.value(bucket, "w") == b"bb"
     raw.delete(bucket, "w")
     wait_for(lambda: not p.exists(), what="delete seen")

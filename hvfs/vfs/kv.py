@@ -496,6 +496,10 @@ class KvProvider(Provider):
         target = view.keys.get(node.key, node) if node.kind is Kind.REV else node
         newer = target.kind is Kind.KV and target.revision > rev
         view.put(node.key, rev, len(p.value), time.time(), notify=False)  # no-op if newer
+        if self.sv.cache_watch and off is not None and p.ttl is None:
+            # What this mount wrote is the revision's value: its next open needs no get.
+            off.remember(KvEntry(view.bucket, node.key, p.value, rev, time.time(),
+                                 {**p.headers, MSG_ID_HEADER: msg_id}))
         if target.kind is Kind.KV:
             target.ttl = p.ttl
             if pol.typed:
