@@ -95,6 +95,19 @@ def drop_caches() -> bool:
         return False
 
 
+def poll(cond: Callable[[], Any], timeout: float, step: float = 0.01) -> bool:
+    """Call ``cond`` until it is truthy (an OSError counts as not yet), at most ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if cond():
+                return True
+        except OSError:
+            pass
+        time.sleep(step)
+    return False
+
+
 def time_sync(fn: Callable[[], Any], n: int, warmup: int) -> list[float]:
     """Per-call latencies in microseconds."""
     for _ in range(warmup):
@@ -235,14 +248,8 @@ class Bench:
         return int(self.mnt.status()["nats"]["calls"])
 
     def wait(self, cond: Callable[[], bool], timeout: float, what: str) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                if cond():
-                    return True
-            except OSError:
-                pass
-            time.sleep(0.01)
+        if poll(cond, timeout):
+            return True
         self.notes.append(f"timed out after {timeout}s waiting for {what}")
         log(f"timed out waiting for {what}")
         return False

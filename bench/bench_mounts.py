@@ -46,10 +46,8 @@ import contextlib
 import ctypes
 import math
 import os
-import select
 import shutil
 import signal
-import struct
 import sys
 import tempfile
 import threading
@@ -60,7 +58,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import nats  # noqa: E402
-from bench_kv import MountProc, hvfs_version, is_mounted, log, pct, rss_bytes  # noqa: E402
+from bench_kv import MountProc, hvfs_version, is_mounted, log, pct, poll, rss_bytes  # noqa: E402
+from bench_notify import inotify_batch  # noqa: E402
 
 from hvfs.server import SYNC_DEFAULT, EmbeddedServer  # noqa: E402
 
@@ -103,19 +102,8 @@ class MultiInotify:
 
     def _run(self) -> None:
         while not self._stop:
-            r, _, _ = select.select([self.fd], [], [], 0.1)
-            if not r:
-                continue
-            now = time.perf_counter()
-            try:
-                buf = os.read(self.fd, 1 << 20)
-            except BlockingIOError:
-                continue
-            off = 0
-            while off < len(buf):
-                wd, mask, _cookie, ln = struct.unpack_from("iIII", buf, off)
-                name = buf[off + 16: off + 16 + ln].rstrip(b"\0")
-                off += 16 + ln
+            now, events = inotify_batch(self.fd, 1 << 20)
+            for wd, mask, name in events:
                 if mask & 0x4000:  # IN_Q_OVERFLOW
                     self.overflows += 1
                     continue
@@ -158,18 +146,6 @@ def notifier(m: MountProc) -> dict[str, int]:
         return dict(m.status().get("notifier") or {})
     except (OSError, ValueError):
         return {}
-
-
-def wait_for(cond: Any, timeout: float, step: float = 0.02) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if cond():
-                return True
-        except OSError:
-            pass
-        time.sleep(step)
-    return False
 
 
 def match(events: list[float], sent: list[float], acked: list[float], exact: bool) -> list[float | None]:
@@ -221,7 +197,7 @@ class Run:
             ex.shutdown(wait=True, cancel_futures=True)
         self.res["mounted_s"] = time.perf_counter() - t0
         paths = [m.mountpoint / "kv" / BUCKET / k for m in self.mounts for k in keys(self.a)]
-        if not wait_for(lambda: all(p.exists() for p in paths), 60):
+        if not poll(lambda: all(p.exists() for p in paths), 60, 0.02):
             missing = sum(not p.exists() for p in paths)
             raise RuntimeError(f"{missing} of {len(paths)} key files missing on the mounts after 60 s")
         self.res["visible_s"] = time.perf_counter() - t0
@@ -295,7 +271,7 @@ class Run:
             return (all(ino.heard_after(i, k, t) for i in range(self.n) for k, t in last.items())
                     and all(notifier(m).get("queue", 0) == 0 for m in self.mounts))
 
-        return await asyncio.to_thread(wait_for, done, max(0.0, limit), 0.02)
+        return await asyncio.to_thread(poll, done, max(0.0, limit), 0.02)
 
     async def _measure(self, kv: Any, ino: MultiInotify) -> None:
         a = self.a

@@ -42,6 +42,26 @@ IN_CREATE, IN_MODIFY, IN_DELETE, IN_CLOSE_WRITE = 0x100, 0x2, 0x200, 0x8
 _libc = ctypes.CDLL("libc.so.6", use_errno=True)
 
 
+def inotify_batch(fd: int, size: int = 1 << 16) -> tuple[float, list[tuple[int, int, bytes]]]:
+    """Wait up to 0.1 s for events on inotify descriptor ``fd``: the perf_counter time they
+    were read at, and each one's (watch descriptor, mask, name)."""
+    r, _, _ = select.select([fd], [], [], 0.1)
+    if not r:
+        return 0.0, []
+    now = time.perf_counter()
+    try:
+        buf = os.read(fd, size)
+    except BlockingIOError:
+        return 0.0, []
+    out = []
+    off = 0
+    while off < len(buf):
+        wd, mask, _cookie, ln = struct.unpack_from("iIII", buf, off)
+        out.append((wd, mask, buf[off + 16: off + 16 + ln].rstrip(b"\0")))
+        off += 16 + ln
+    return now, out
+
+
 class Inotify:
     """Minimal inotify on one directory, events timestamped as they are read."""
 
@@ -56,19 +76,9 @@ class Inotify:
 
     def _run(self) -> None:
         while not self._stop:
-            r, _, _ = select.select([self.fd], [], [], 0.1)
-            if not r:
-                continue
-            now = time.perf_counter()
-            try:
-                buf = os.read(self.fd, 1 << 16)
-            except BlockingIOError:
-                continue
-            off = 0
-            while off < len(buf):
-                _wd, mask, _cookie, ln = struct.unpack_from("iIII", buf, off)
-                name = buf[off + 16: off + 16 + ln].rstrip(b"\0").decode()
-                off += 16 + ln
+            now, events = inotify_batch(self.fd)
+            for _wd, mask, raw in events:
+                name = raw.decode()
                 for bit in (IN_CREATE, IN_MODIFY, IN_DELETE):
                     if mask & bit:
                         self.seen.setdefault((bit, name), now)

@@ -46,6 +46,15 @@ def stop_process(pid: int) -> None:
     wait_for(stopped, what=f"process {pid} stopped")
 
 
+def close_stalled(server: EmbeddedServer, fd: int) -> None:
+    """Stop the server (SIGSTOP), then close ``fd``: its publish gets no answer (ETIMEDOUT)."""
+    assert server.proc is not None
+    stop_process(server.proc.pid)
+    with pytest.raises(OSError) as ei:
+        os.close(fd)
+    assert ei.value.errno == errno.ETIMEDOUT
+
+
 def settled(m: Mount, bucket: str, key: str, timeout: float = 30) -> dict[str, Any]:
     """The key's last conflict entry once its outcome is known."""
     return wait_for(lambda: (e := entry_for(m, bucket, key)) and e["outcome"] != "unknown" and e,
@@ -157,11 +166,8 @@ def test_timed_out_write_that_landed_later_is_marked_landed(own_server, stall_mo
         fd = os.open(p, os.O_WRONLY | os.O_TRUNC)
         os.write(fd, b"sent while NATS was stalled")
         assert own_server.proc is not None
-        stop_process(own_server.proc.pid)
         try:
-            with pytest.raises(OSError) as ei:
-                os.close(fd)
-            assert ei.value.errno == errno.ETIMEDOUT
+            close_stalled(own_server, fd)
             c = entry_for(m, "st", "k")
             assert c is not None and c["outcome"] == "unknown" and c["msg_id"].startswith("hvfs-")
         finally:
@@ -186,10 +192,7 @@ def test_timed_out_write_lost_with_the_server_is_marked_not_landed(own_server, s
     os.write(fd, b"never stored")
     assert own_server.proc is not None
     pid = own_server.proc.pid
-    stop_process(pid)
-    with pytest.raises(OSError) as ei:
-        os.close(fd)
-    assert ei.value.errno == errno.ETIMEDOUT
+    close_stalled(own_server, fd)
     # The server dies with the message unread in its socket: it can never land.
     os.kill(pid, signal.SIGKILL)
     own_server.proc.wait(10)
@@ -217,11 +220,8 @@ def test_timed_out_stream_publish_is_marked_landed(own_server, stall_mount):
         fd = os.open(d / "comment", os.O_WRONLY | os.O_CREAT, 0o644)
         os.write(fd, b"said while NATS was stalled\n")
         assert own_server.proc is not None
-        stop_process(own_server.proc.pid)
         try:
-            with pytest.raises(OSError) as ei:
-                os.close(fd)
-            assert ei.value.errno == errno.ETIMEDOUT
+            close_stalled(own_server, fd)
             c = wait_for(lambda: entry_for(m, "STALL", "stall.is-1"), timeout=15, what="the conflict entry")
             assert c["outcome"] == "unknown" and c["kind"] == "stream"
         finally:

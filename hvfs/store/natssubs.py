@@ -82,16 +82,14 @@ def _ack_fields(reply: str) -> tuple[int, int, float, int] | None:
     return None
 
 
-def raw_headers(block: bytes) -> tuple[str, dict[str, str]]:
-    """The status line's code ("" for none) and the headers of a raw NATS header block."""
-    lines = block.decode("utf-8", "replace").split("\r\n")
-    status = lines[0][9:12] if len(lines[0]) > 9 else ""
+def raw_headers(block: bytes) -> dict[str, str]:
+    """The headers of a raw NATS header block (its first line, ``NATS/1.0`` and a status, left out)."""
     out: dict[str, str] = {}
-    for line in lines[1:]:
+    for line in block.decode("utf-8", "replace").split("\r\n")[1:]:
         k, sep, v = line.partition(":")
         if sep and k not in out:
             out[k] = v.strip()
-    return status, out
+    return out
 
 
 def _fast_msgs(nc: Any) -> dict[int, Callable[[bytes, bytes, bytes, bytes], None]] | None:
@@ -313,7 +311,7 @@ class KvWatch:
                 snap.spawn(loop, self._again(gen))
                 return
             snap.next += 1
-            hdrs = raw_headers(headers)[1] if headers else {}
+            hdrs = raw_headers(headers) if headers else {}
             size = hdrs.get("Nats-Msg-Size")
             self._emit(self._item(subject.decode(), hdrs, sseq, when, int(size) if size else len(data)))
             snap.last = max(snap.last, sseq)
