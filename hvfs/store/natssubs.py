@@ -119,6 +119,12 @@ def _fast_msgs(nc: Any) -> dict[int, Callable[[bytes, bytes, bytes, bytes], None
     return table
 
 
+def stored_size(headers: dict[str, str] | None, data: bytes | None) -> int:
+    """A message's stored payload size: headers-only deliveries carry it in Nats-Msg-Size."""
+    size = headers.get("Nats-Msg-Size") if headers else None
+    return int(size) if size else len(data or b"")
+
+
 def delivery(msg: Any) -> tuple[int, float, int]:
     """(stream sequence, time, pending) of a JetStream delivery, read off its reply subject
     (``$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ns>.<pending>``, or the form with
@@ -132,7 +138,8 @@ def delivery(msg: Any) -> tuple[int, float, int]:
 
 
 class KvWatch:
-    """One ordered, headers-only consumer per bucket feeding the index.
+    """A bucket's watch feeding the index: a headers-only consumer of its own for the
+    snapshot, then an ordered, headers-only consumer from the next sequence (``start``).
 
     Items are batched and handed to the trio thread with one run_sync_soon per
     batch, so a storm of changes costs the trio loop one wake-up per batch.
@@ -256,9 +263,7 @@ class KvWatch:
             if gen != self._gen:
                 return
             seq, when, pending = delivery(msg)
-            hdrs = msg.headers
-            size = int(hdrs["Nats-Msg-Size"]) if hdrs and "Nats-Msg-Size" in hdrs else len(msg.data or b"")
-            self._emit(self._item(msg.subject, hdrs, seq, when, size))
+            self._emit(self._item(msg.subject, msg.headers, seq, when, stored_size(msg.headers, msg.data)))
             if not self._synced and pending == 0:
                 self._synced = True
                 self._emit(SYNCED)
@@ -297,12 +302,16 @@ class KvWatch:
         def on_raw(subject: bytes, reply: bytes, data: bytes, headers: bytes) -> None:
             if gen != self._gen or snap.done:
                 return
-            snap.active = True
             f = _ack_fields(reply.decode()) if reply.startswith(b"$JS.ACK.") else None
-            if f is None:  # a flow-control request (it has a reply subject) or a heartbeat
-                if reply:
-                    snap.spawn(loop, nc.publish(reply.decode(), b""))
+            if f is None:
+                # A flow-control request (answered at its reply subject), or a heartbeat, which
+                # names the subject to answer if the server stalled waiting for an answer. Not
+                # progress: a snapshot that gets heartbeats only is started again (_watchdog).
+                to = reply.decode() or raw_headers(headers).get("Nats-Consumer-Stalled", "")
+                if to:
+                    snap.spawn(loop, nc.publish(to, b""))
                 return
+            snap.active = True
             sseq, cseq, when, pending = f
             if cseq != snap.next:
                 snap.done = True
@@ -312,8 +321,7 @@ class KvWatch:
                 return
             snap.next += 1
             hdrs = raw_headers(headers) if headers else {}
-            size = hdrs.get("Nats-Msg-Size")
-            self._emit(self._item(subject.decode(), hdrs, sseq, when, int(size) if size else len(data)))
+            self._emit(self._item(subject.decode(), hdrs, sseq, when, stored_size(hdrs, data)))
             snap.last = max(snap.last, sseq)
             if pending == 0:
                 snap.done = self._synced = True
@@ -357,8 +365,7 @@ class KvWatch:
             await self._again(gen)
 
     async def _watchdog(self, gen: int, snap: _Snapshot) -> None:
-        """A snapshot that stops arriving (no message, no heartbeat for three heartbeats)
-        starts again."""
+        """A snapshot that stops arriving (no message for three heartbeats' time) starts again."""
         while not snap.done and gen == self._gen:
             snap.active = False
             await asyncio.sleep(3 * _SNAPSHOT_HEARTBEAT)

@@ -75,6 +75,7 @@ def _check_name(name: bytes) -> None:
 #: the next NATS calls (they share one connection and would wait behind them, timing out)
 SNAPSHOT_WAIT = 120.0
 
+
 class Vfs:
     def __init__(self, store: Store, config: MountConfig | None = None, read_only: bool = False,
                  max_payload: int = DEFAULT_MAX_PAYLOAD, metrics: Metrics | None = None,
@@ -92,9 +93,9 @@ class Vfs:
                            conflicts=conflicts, spool=Spool(state_dir))
         self.resolver = self.sv.resolver = Resolver(store, conflicts)
         #: pending writes (always: an earlier mount's are applied) and, with ``offline``, the mode
-        self.offline = self.sv.offline = Offline(store, self.sv.spool, conflicts, offline,
-                                                 keep_values=cache == "watch")
         self.sv.cache_watch = cache == "watch"
+        self.offline = self.sv.offline = Offline(store, self.sv.spool, conflicts, offline,
+                                                 keep_values=self.sv.cache_watch)
         self.layout = Layout(store, self.config, writer)
         self.conflicts: Conflicts = self.sv.conflicts
         self.errors: ErrorLog = self.sv.errors
