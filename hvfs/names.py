@@ -19,6 +19,7 @@ __all__ = [
     "VALUE_NAME",
     "decode_token",
     "encode_name",
+    "is_plain",
     "is_valid_key",
 ]
 
@@ -70,6 +71,11 @@ def _canonical_decode(token: str) -> bytes | None:
         else:
             return None
     return bytes(out)
+
+
+def is_plain(token: str) -> bool:
+    """A token of safe characters only: its name is its own text (no escapes)."""
+    return len(token) <= MAX_NAME and _PLAIN_RE.fullmatch(token) is not None
 
 
 def decode_token(token: str) -> tuple[bytes, bool]:

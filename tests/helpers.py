@@ -66,6 +66,15 @@ class RawNats:
     def get(self, bucket: str, key: str) -> Any:
         return self.run(self.kv(bucket).get(key))
 
+    def put_many(self, bucket: str, values: dict[str, bytes], batch: int = 500) -> None:
+        """Put many keys, ``batch`` puts in flight at a time."""
+        async def go() -> None:
+            kv = await self.js.key_value(bucket)
+            items = list(values.items())
+            for i in range(0, len(items), batch):
+                await asyncio.gather(*(kv.put(k, v) for k, v in items[i:i + batch]))
+        self.run(go(), timeout=60.0)
+
     def value(self, bucket: str, key: str) -> bytes | None:
         try:
             return self.get(bucket, key).value or b""
@@ -200,6 +209,28 @@ class Inotify:
             self.proc.wait(5)
         except subprocess.TimeoutExpired:
             self.proc.kill()
+
+
+def changed_while_away(server: Any, mount: Mount, change: Callable[[RawNats], None]) -> Any:
+    """Stop ``server`` (the mount sees it go), make ``change`` through a client of the same
+    store served elsewhere (changes the mount cannot see), then serve it again on its port.
+    Returns the new server: the caller stops it."""
+    from hvfs.server import EmbeddedServer
+
+    port = server.port
+    server.stop()
+    wait_for(lambda: b'"connected": false' in mount.path(".hvfs", "status").read_bytes(), what="disconnect")
+    other = EmbeddedServer(server.store_dir)
+    other.start()
+    raw = RawNats(other.url)
+    try:
+        change(raw)
+    finally:
+        raw.close()
+        other.stop()
+    again = EmbeddedServer(server.store_dir, port=port)
+    again.start()
+    return again
 
 
 def add_stream(raw: RawNats, name: str, subjects: list[str], **kw: Any) -> Any:

@@ -10,7 +10,7 @@ import pytest
 
 from hvfs.server import EmbeddedServer
 
-from .helpers import Mount, RawNats, is_mounted, wait_for
+from .helpers import Mount, RawNats, changed_while_away, is_mounted, wait_for
 
 
 @pytest.fixture
@@ -149,22 +149,12 @@ def test_changes_while_disconnected_reach_the_kernel(own_server, outage_mount):
         raw.close()
     w = Inotify(d)
     try:
-        port = own_server.port
-        own_server.stop()
-        wait_for(lambda: b'"connected": false' in m.path(".hvfs", "status").read_bytes(), what="disconnect")
-        # The same store served elsewhere: changes the mount cannot see now.
-        other = EmbeddedServer(own_server.store_dir)
-        other.start()
-        raw = RawNats(other.url)
-        try:
+        def change(raw: RawNats) -> None:
             raw.put("rs", "change", b"new value")
             raw.put("rs", "born", b"b")
             raw.delete("rs", "drop")
-        finally:
-            raw.close()
-            other.stop()
-        again = EmbeddedServer(own_server.store_dir, port=port)
-        again.start()
+
+        again = changed_while_away(own_server, m, change)
         try:
             w.wait("CREATE", d / "born", timeout=15)
             w.wait("DELETE", d / "drop", timeout=5)

@@ -199,7 +199,7 @@ class HvfsOperations:
         if node.kind is Kind.DIR:
             assert node.children is not None
             mode = stat.S_IFDIR | DIR_MODE
-            nlink = 2 + sum(1 for c in node.children.values() if c.kind is Kind.DIR)
+            nlink = 2 + node.children.subdirs()
             size = 0
         else:
             mode = stat.S_IFREG | self._file_mode(node)

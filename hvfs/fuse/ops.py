@@ -156,7 +156,7 @@ class Operations(pyfuse3.Operations):
         if node.kind is Kind.DIR:
             a.st_mode = stat.S_IFDIR | DIR_MODE
             assert node.children is not None
-            a.st_nlink = 2 + sum(1 for c in node.children.values() if c.kind is Kind.DIR)
+            a.st_nlink = 2 + node.children.subdirs()
             a.st_size = 0
         else:
             a.st_mode = stat.S_IFREG | self.file_mode(node)

@@ -148,8 +148,8 @@ class KvProvider(Provider):
         if others and bucket in self._watches:
             if all(v.synced for v in others):
                 # Another view of a watched bucket: replay its keys.
-                for key, n in list(others[0].keys.items()):
-                    view.put(key, n.revision, n.size, n.mtime, notify=False)
+                for key, rev, size, mtime in others[0].entries():
+                    view.put(key, rev, size, mtime, notify=False, leaf=True)
                 view.end_resync()
                 ev.set()
             # else: the watch's SYNCED marker is still to come, for every view.

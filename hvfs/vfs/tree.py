@@ -8,6 +8,12 @@ answered from here and never list keys from NATS.
 Placement rule for a key that is also a prefix of other keys (``a`` beside
 ``a.b``): the directory ``a`` wins the name and the key ``a`` is shown as
 ``a/.value`` (see docs/naming.md).
+
+Leaves: a key the watch brought in and nobody has looked up yet is not a
+``Node`` (about 300 bytes with its table entries) but a packed leaf in its
+directory's ``Children`` (revision, size, mtime: 57 bytes), found by key
+through ``KvView.keys``. Reading it through either mapping makes its Node
+(``KvView.grow``), so code outside this module only ever sees Nodes.
 """
 
 from __future__ import annotations
@@ -15,14 +21,15 @@ from __future__ import annotations
 import contextlib
 import enum
 import logging
+import struct
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from ..errors import InvalidName, NameTooLong, NotADirectory
-from ..names import VALUE_NAME, decode_token, encode_name
+from ..names import VALUE_NAME, decode_token, encode_name, is_plain
 
-__all__ = ["Kind", "KvView", "Listener", "Node", "Tree", "display"]
+__all__ = ["Children", "Kind", "KvView", "Listener", "Node", "Tree", "display"]
 
 log = logging.getLogger(__name__)
 
@@ -43,21 +50,42 @@ class Kind(enum.Enum):
 
 
 class Node:
-    """One inode. Directories have ``children``; KV files have key/revision."""
+    """One inode. Directories have ``children``; KV files have key/revision.
+
+    What every inode the kernel sees needs is in slots; what only some need (opened,
+    written, typed, control files) is a class default until first set, which gives the
+    instance its ``__dict__``: a listed but unopened inode carries no room for it.
+    """
 
     __slots__ = (
         "ino", "kind", "name", "parent", "children", "view", "key", "revision",
-        "size", "mtime", "ctime", "nlookup", "local", "linked", "render", "data",
-        "stream", "queue", "told", "cached_rev", "cached_open", "cached_size", "settling", "provider",
-        "shown_rev", "ttl", "inval_at", "reply_size", "reply_at", "reply_caller", "contended",
+        "size", "mtime", "ctime", "nlookup", "linked", "stream", "queue", "told", "provider",
+        "reply_size", "reply_at", "reply_caller", "__dict__",
     )
+
+    local: bool = False  # made through this mount, not (yet) backed by a key
+    render: Callable[[], bytes] | None = None  # CTRL content
+    data: bytes | None = None  # REV content, CTRL snapshot
+    cached_rev: int = 0  # the revision whose content the kernel's page cache may hold
+    cached_open: int = 0  # open handles that read through the page cache
+    cached_size: int = 0  # the size of their content (they all hold revision cached_rev)
+    settling: Any = None  # trio.Event while a last-close publish is in flight
+    #: typed (codec) files: the revision whose rendered size ``size`` is (0: none)
+    shown_rev: int = 0
+    #: the per-message TTL of the revision this mount last read (None: none or unknown)
+    ttl: float | None = None
+    #: monotonic time the notifier last finished invalidating this inode (inf: doing it now)
+    inval_at: float = 0.0
+    #: until then (monotonic) read-only opens here use direct_io: a writer opened the
+    #: file beside page-cache readers (hvfs.vfs.kv)
+    contended: float = 0.0
 
     def __init__(self, ino: int, kind: Kind, name: bytes, parent: Node | None) -> None:
         self.ino = ino
         self.kind = kind
         self.name = name
         self.parent = parent
-        self.children: dict[bytes, Node] | None = {} if kind is Kind.DIR else None
+        self.children: Children | None = Children(self) if kind is Kind.DIR else None
         self.view: KvView | None = None
         self.key = ""  # KV/REV: the key; DIR: the key prefix it stands for
         self.revision = 0
@@ -66,30 +94,14 @@ class Node:
         self.mtime = now
         self.ctime = now
         self.nlookup = 0
-        self.local = False  # made through this mount, not (yet) backed by a key
         self.linked = True  # still reachable from its parent
-        self.render: Callable[[], bytes] | None = None  # CTRL content
-        self.data: bytes | None = None  # REV content, CTRL snapshot
         self.stream: Any = None  # hvfs.streams.StreamView for nodes of a stream
         self.queue: Any = None  # hvfs.queues.QueueView for a work-queue directory and its files
         self.told = -1  # the size the kernel was last told (attribute replies), -1: unknown
-        self.cached_rev = 0  # the revision whose content the kernel's page cache may hold
-        self.cached_open = 0  # open handles that read through the page cache
-        self.cached_size = 0  # the size of their content (they all hold revision cached_rev)
-        self.settling: Any = None  # trio.Event while a last-close publish is in flight
-        #: typed (codec) files: the revision whose rendered size ``size`` is (0: none)
-        self.shown_rev = 0
-        #: the per-message TTL of the revision this mount last read (None: none or unknown)
-        self.ttl: float | None = None
-        #: monotonic time the notifier last finished invalidating this inode (inf: doing it now)
-        self.inval_at = 0.0
         #: the size and monotonic time of this mount's last attribute reply for the inode
         self.reply_size = -1
         self.reply_at = 0.0
         self.reply_caller = 0  # the thread the last attribute reply answered (hvfs.fuse.ops)
-        #: until then (monotonic) read-only opens here use direct_io: a writer opened the
-        #: file beside page-cache readers (hvfs.vfs.kv)
-        self.contended = 0.0
         #: the hvfs.vfs.provider.Provider that owns this node (inherited from the parent)
         self.provider: Any = parent.provider if parent is not None else None
 
@@ -103,6 +115,72 @@ class Node:
             parts.append(n.name)
             n = n.parent
         return b"/" + b"/".join(reversed(parts))
+
+
+#: A leaf: (revision, size, mtime) of a key never looked up.
+_LEAF = struct.Struct("<qqd")
+
+
+def _peek(m: Any, k: Any) -> Any:
+    """A raw value of a Children or Keys mapping: a leaf stays a leaf."""
+    return dict.get(m, k)
+
+
+def _store(m: Any, k: Any, v: Any) -> None:
+    dict.__setitem__(m, k, v)
+
+
+class Children(dict[bytes, Node]):
+    """A directory's entries by name. Values may be packed leaves (see the module's
+    docstring); every read of a value through this mapping makes the leaf a Node."""
+
+    __slots__ = ("dir",)
+
+    def __init__(self, d: Node) -> None:
+        super().__init__()
+        self.dir = d
+
+    def get(self, name: bytes, default: Any = None) -> Any:  # type: ignore[override]
+        v = _peek(self, name)
+        if v is None:
+            return default
+        return self._grow(name, v) if v.__class__ is bytes else v
+
+    def __getitem__(self, name: bytes) -> Node:
+        v = _peek(self, name)
+        if v is None:
+            raise KeyError(name)
+        return self._grow(name, v) if v.__class__ is bytes else v  # type: ignore[no-any-return]
+
+    def _grow(self, name: bytes, packed: bytes) -> Node:
+        view = self.dir.view
+        assert view is not None, "a leaf outside a KvView"
+        return view.grow(self.dir, name, packed)
+
+    def pop(self, name: bytes, *default: Any) -> Any:  # type: ignore[override]
+        self.get(name)
+        return dict.pop(self, name, *default)
+
+    def values(self) -> Any:
+        self._grow_all()
+        return dict.values(self)
+
+    def items(self) -> Any:
+        self._grow_all()
+        return dict.items(self)
+
+    def _grow_all(self) -> None:
+        leaves: list[tuple[bytes, Any]] = [(n, v) for n, v in dict.items(self) if v.__class__ is bytes]
+        for n, v in leaves:
+            self._grow(n, v)
+
+    def nodes(self) -> Iterator[Node]:
+        """The entries that are Nodes already (no leaf is made one)."""
+        return (v for v in dict.values(self) if v.__class__ is Node)
+
+    def subdirs(self) -> int:
+        """How many entries are directories (a leaf never is one): for st_nlink."""
+        return sum(1 for v in self.nodes() if v.kind is Kind.DIR)
 
 
 def display(node: Node) -> str:
@@ -190,10 +268,46 @@ class Tree:
             fn(parent, name, node, what)
 
     def walk(self, node: Node) -> Iterator[Node]:
+        """``node`` and the Nodes below it; leaves are not Nodes and are not made ones."""
         yield node
         if node.children:
-            for c in list(node.children.values()):
+            for c in list(node.children.nodes()):
                 yield from self.walk(c)
+
+
+class Keys(dict[str, Node]):
+    """A view's Nodes by key; a key held as a leaf maps to its directory, and reading
+    it through this mapping makes its Node."""
+
+    __slots__ = ("view",)
+
+    def __init__(self, view: KvView) -> None:
+        super().__init__()
+        self.view = view
+
+    def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
+        v = _peek(self, key)
+        if v is None:
+            return default
+        if v.kind is Kind.DIR:
+            return self.view.grow_key(key, v)
+        return v
+
+    def __getitem__(self, key: str) -> Node:
+        node = self.get(key)
+        if node is None:
+            raise KeyError(key)
+        return node  # type: ignore[no-any-return]
+
+    def pop(self, key: str, *default: Any) -> Any:  # type: ignore[override]
+        self.get(key)
+        return dict.pop(self, key, *default)
+
+    def values(self) -> Any:
+        return [self[k] for k in list(self)]
+
+    def items(self) -> Any:
+        return [(k, self[k]) for k in list(self)]
 
 
 class KvView:
@@ -208,7 +322,7 @@ class KvView:
         root.key = prefix
         self.bucket = bucket
         self.prefix = prefix
-        self.keys: dict[str, Node] = {}
+        self.keys = Keys(self)
         self.synced = False
         #: the store's reconnect count when the watch last completed a snapshot
         self.live = -1
@@ -278,22 +392,101 @@ class KvView:
     def end_resync(self) -> None:
         seen, self._resync_seen = self._resync_seen, None
         if seen is not None:
-            for key in [k for k, n in self.keys.items() if k not in seen and not n.local]:
+            # (a leaf's value in keys is its directory: a leaf is never local)
+            for key in [k for k, n in dict.items(self.keys)
+                        if k not in seen and (n.kind is Kind.DIR or not n.local)]:
                 self.remove(key, None)
         self.synced = True
 
-    def put(self, key: str, revision: int, size: int, mtime: float, notify: bool = True) -> Node | None:
-        """Record revision ``revision`` of ``key``; older revisions are ignored."""
+    # -- leaves ------------------------------------------------------------------
+
+    def grow(self, d: Node, name: bytes, packed: bytes) -> Node:
+        """Make the leaf ``name`` of ``d`` a Node (in place: same name, same key)."""
+        revision, size, mtime = _LEAF.unpack(packed)
+        node = self.tree.new(Kind.KV, name, d)
+        tok = (name[: len(name) - len(self.suffix)] if self.suffix else name).decode("ascii")
+        node.view, node.key = self, f"{d.key}.{tok}" if d.key else tok
+        node.revision, node.size, node.mtime, node.ctime = revision, size, mtime, mtime
+        _store(d.children, name, node)
+        _store(self.keys, node.key, node)
+        return node
+
+    def grow_key(self, key: str, d: Node) -> Node | None:
+        v = _peek(d.children, self._leaf_name(key))
+        if v is None:
+            return None
+        return self.grow(d, self._leaf_name(key), v) if v.__class__ is bytes else v
+
+    def _leaf_name(self, key: str) -> bytes:
+        return key.rpartition(".")[2].encode("ascii") + self.suffix.encode()
+
+    def entries(self) -> Iterator[tuple[str, int, int, float]]:
+        """(key, revision, size, mtime) of every key shown, without making leaves Nodes."""
+        for key, v in list(dict.items(self.keys)):
+            if v.kind is Kind.DIR:
+                packed = _peek(v.children, self._leaf_name(key))
+                if packed.__class__ is bytes:
+                    yield (key, *_LEAF.unpack(packed))  # type: ignore[arg-type]
+                    continue
+                v = self.keys.get(key)
+            yield key, v.revision, v.size, v.mtime
+
+    def _leaf_put(self, key: str, revision: int, size: int, mtime: float, store: bool) -> bool:
+        """Whether a change is done as a leaf: an old revision of a leaf is ignored, and
+        (``store``: nobody is told of it) a newer one or a new key kept as one.
+        False: it needs a Node."""
+        v = _peek(self.keys, key)
+        if v is not None:
+            if v.kind is not Kind.DIR:
+                return False
+            name = self._leaf_name(key)
+            packed = _peek(v.children, name)
+            if packed.__class__ is not bytes:
+                return False
+            if revision <= _LEAF.unpack_from(packed)[0]:  # type: ignore[arg-type]
+                return True
+            if store:
+                _store(v.children, name, _LEAF.pack(revision, size, mtime))
+            return store
+        if not store:
+            return False
+        tokens = self._rel_tokens(key)
+        if tokens is None or not is_plain(tokens[-1]):
+            return False
+        parent = self._dir_for(tokens[:-1], False)
+        if parent is None:
+            return False
+        name = tokens[-1].encode("ascii") + self.suffix.encode()
+        assert parent.children is not None
+        if name in parent.children:
+            return False
+        _store(parent.children, name, _LEAF.pack(revision, size, mtime))
+        _store(self.keys, key, parent)
+        parent.mtime = parent.ctime = time.time()
+        return True
+
+    # -- changes -------------------------------------------------------------------
+
+    def put(self, key: str, revision: int, size: int, mtime: float, notify: bool = True,
+            leaf: bool = False) -> Node | None:
+        """Record revision ``revision`` of ``key``; older revisions are ignored.
+
+        ``leaf``: the change may stay or become a leaf (returns None then): a new key or
+        revision nobody is told of, or a revision a leaf already has (a resync).
+        """
         if self._resync_seen is not None:
             self._resync_seen.add(key)
         # The first snapshot is not news to the kernel: it has seen nothing yet.
         notify = notify and self.synced and key not in self.quiet
+        if leaf and self._leaf_put(key, revision, size, mtime, not notify):
+            return None
         node = self.keys.get(key)
         if node is not None:
             if revision <= node.revision:
                 return node
             node.revision, node.size, node.mtime, node.ctime = revision, size, mtime, mtime
-            node.local = False
+            if node.local:
+                node.local = False
             if notify and node.parent is not None:
                 self.tree.notify(node.parent, node.name, node, "modify")
             return node
@@ -416,4 +609,4 @@ class KvView:
             if self._resync_seen is not None:
                 self._resync_seen.discard(change_key)
         else:
-            self.put(change_key, revision, size, mtime)
+            self.put(change_key, revision, size, mtime, leaf=True)
