@@ -191,17 +191,7 @@ class KvProvider(Provider):
         views = self.views.get(bucket, [])
         seen = 0
         for item in items:
-            if item == RESYNC:
-                for v in views:
-                    v.begin_resync()
-            elif item == SYNCED:
-                for v in views:
-                    v.end_resync()
-                    v.live = self.sv.store.state.reconnects
-                    ev = self._synced.get(id(v))
-                    if ev is not None:
-                        ev.set()
-            else:
+            if item.__class__ is not str:
                 assert isinstance(item, KvChange)
                 if item.msg_id and self.sv.resolver is not None:
                     self.sv.resolver.seen(item.msg_id, item.revision)
@@ -213,6 +203,16 @@ class KvProvider(Provider):
                 if not first:
                     self.sv.metrics.observe("watch.lag_seconds", max(0.0, time.time() - item.time))
                     self.sv.events.add(item)
+            elif item == RESYNC:
+                for v in views:
+                    v.begin_resync()
+            elif item == SYNCED:
+                for v in views:
+                    v.end_resync()
+                    v.live = self.sv.store.state.reconnects
+                    ev = self._synced.get(id(v))
+                    if ev is not None:
+                        ev.set()
         if seen:
             self.sv.metrics.inc("vfs.changes_seen", seen)
 

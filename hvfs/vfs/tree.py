@@ -121,13 +121,9 @@ class Node:
 _LEAF = struct.Struct("<qqd")
 
 
-def _peek(m: Any, k: Any) -> Any:
-    """A raw value of a Children or Keys mapping: a leaf stays a leaf."""
-    return dict.get(m, k)
-
-
-def _store(m: Any, k: Any, v: Any) -> None:
-    dict.__setitem__(m, k, v)
+#: A raw value of a Children or Keys mapping (a leaf stays a leaf), and a raw store.
+_peek: Callable[[Any, Any], Any] = dict.get
+_store: Callable[[Any, Any, Any], None] = dict.__setitem__
 
 
 class Children(dict[bytes, Node]):
@@ -317,6 +313,7 @@ class KvView:
         self.tree = tree
         #: a codec's file extension: key ``ag-7`` is the file ``ag-7.yml`` (directories have none)
         self.suffix = suffix
+        self._sfx = suffix.encode()
         self.root = root
         root.view = self
         root.key = prefix
@@ -418,7 +415,7 @@ class KvView:
         return self.grow(d, self._leaf_name(key), v) if v.__class__ is bytes else v
 
     def _leaf_name(self, key: str) -> bytes:
-        return key.rpartition(".")[2].encode("ascii") + self.suffix.encode()
+        return key.rpartition(".")[2].encode("ascii") + self._sfx
 
     def entries(self) -> Iterator[tuple[str, int, int, float]]:
         """(key, revision, size, mtime) of every key shown, without making leaves Nodes."""
@@ -456,7 +453,7 @@ class KvView:
         parent = self._dir_for(tokens[:-1], False)
         if parent is None:
             return False
-        name = tokens[-1].encode("ascii") + self.suffix.encode()
+        name = tokens[-1].encode("ascii") + self._sfx
         assert parent.children is not None
         if name in parent.children:
             return False
@@ -528,7 +525,9 @@ class KvView:
         for i, tok in enumerate(tokens):
             name, _ = decode_token(tok)
             assert node.children is not None
-            child = node.children.get(name)
+            child = _peek(node.children, name)
+            if child.__class__ is bytes:
+                child = node.children.get(name)
             if child is None:
                 child = self.tree.new(Kind.DIR, name, node)
                 child.view = self
