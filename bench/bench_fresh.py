@@ -8,7 +8,10 @@ are put once and reused), puts ``--keys`` keys of 100 bytes into bucket ``big`` 
 it (nothing else mounted) and times: until ``.hvfs/status`` is readable (mounted), the
 first ``os.listdir`` of the directory (all keys), and the sum (listable). RSS of the
 mount at mount and after the listing; per key over an idle mount's RSS (``--idle``,
-measured on an empty server first). Prints numbers, asserts nothing. Usage::
+measured on an empty server first). Side by side, each in a fresh process as the mount
+is: the raw nats-py client listing the same keys (``kv.keys()``, Python start-up
+included) and ``os.listdir`` of a tmpfs directory of as many empty files. Prints
+numbers, asserts nothing. Usage::
 
     .venv/bin/python bench/bench_fresh.py [--keys 100000] [--reps 2] [--store DIR]
 """
@@ -22,6 +25,7 @@ import argparse
 import asyncio
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -49,6 +53,43 @@ async def fill(url: str, n: int, batch: int = 2000) -> int:
         return len(keys)
     finally:
         await nc.close()
+
+
+_RAW = """
+import asyncio, resource, sys, nats
+async def main():
+    nc = await nats.connect(sys.argv[1])
+    kv = await nc.jetstream().key_value(sys.argv[2])
+    keys = await kv.keys(timeout=30)
+    await nc.close()
+    print(len(keys), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+asyncio.run(main())
+"""
+
+_LIST = "import os, sys; print(len(os.listdir(sys.argv[1])))"
+
+
+def timed(cmd: list[str], timeout: float = 300.0) -> tuple[float, list[str]]:
+    """Seconds a fresh process took from spawn to exit, and what it printed (nothing if it
+    failed or ran past ``timeout``: it is killed)."""
+    t = time.monotonic()
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return time.monotonic() - t, []
+    return time.monotonic() - t, r.stdout.split() if r.returncode == 0 else []
+
+
+def tmpfs_listing(n: int) -> float:
+    """A fresh process's ``os.listdir`` of a tmpfs directory of ``n`` empty files."""
+    d = Path("/dev/shm") / f"hvfs-bench-fresh-{os.getpid()}"
+    d.mkdir()
+    try:
+        for i in range(n):
+            (d / f"k{i:07d}").touch()
+        return timed([sys.executable, "-c", _LIST, str(d)])[0]
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def one_mount(tmp: Path, url: str, rep: int, keys: int) -> dict[str, float]:
@@ -89,8 +130,10 @@ def main() -> int:
             put = asyncio.run(fill(srv.url, a.keys))
             log(f"{put:,} keys put in {time.monotonic() - t:.1f} s; bucket has {a.keys:,}")
             rows = [one_mount(tmp, srv.url, r, a.keys) for r in range(a.reps)]
+            raws = [timed([sys.executable, "-c", _RAW, srv.url, BUCKET]) for _ in range(a.reps)]
         finally:
             srv.stop()
+        tmpfs = tmpfs_listing(a.keys)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"| fresh mount on {a.keys:,} keys | mounted s | first listdir s | listable s | RSS at mount MiB "
@@ -100,6 +143,14 @@ def main() -> int:
         print(f"| run {i + 1} ({r['entries']:,.0f} names) | {r['mounted']:.2f} | {r['listdir']:.2f} | "
               f"{r['listable']:.2f} | {r['rss_mount'] / 2**20:.0f} | {r['rss_listed'] / 2**20:.0f} | "
               f"{(r['rss_mount'] - idle) / a.keys:.0f} | {(r['rss_listed'] - idle) / a.keys:.0f} |")
+    for i, (secs, out) in enumerate(raws):
+        if not out:
+            print(f"| raw nats-py `kv.keys()`, fresh process, run {i + 1}: no list (failed or stalled; "
+                  f"gave up after {secs:.0f} s) | | | | | | | |")
+            continue
+        print(f"| raw nats-py `kv.keys()`, fresh process, run {i + 1} ({int(out[0]):,} keys) | | | "
+              f"{secs:.2f} | | {int(out[1]) / 2**20:.0f} (peak) | | |")
+    print(f"| tmpfs `os.listdir`, fresh process ({a.keys:,} files) | | | {tmpfs:.2f} | | | | |")
     print(f"\nidle mount (empty server): {idle / 2**20:.1f} MiB RSS")
     return 0
 
