@@ -312,3 +312,26 @@ def test_a_mount_starting_during_writes_misses_none(server, raw, tmp_path):
         stop.set()
         t.join(60)
         m.stop()
+
+
+def test_changes_where_the_kernel_holds_nothing_need_no_work(raw, mnt, bucket):
+    """A change in a directory the kernel holds no reference to is not repeated to it:
+    nothing can be cached or watched there. Whoever looks later sees the index."""
+    d = mnt.path("kv", bucket)
+    raw.put(bucket, "a.b.k", b"one")
+    wait_for(lambda: "a" in os.listdir(d), what="a listed")  # the kernel holds a, not a/b
+    before = _notifier(mnt)["unheld"]
+    raw.put(bucket, "a.b.k", b"two")
+    raw.put(bucket, "a.b.new", b"n")
+    wait_for(lambda: _notifier(mnt)["unheld"] >= before + 2, what="two changes needing nothing")
+    assert (d / "a" / "b" / "k").read_bytes() == b"two"
+    assert sorted(os.listdir(d / "a" / "b")) == ["k", "new"]
+    w = Inotify(d / "a" / "b")  # now it holds a/b: changes there are told
+    try:
+        raw.put(bucket, "a.b.k", b"three")
+        w.wait("MODIFY", d / "a" / "b" / "k")
+        raw.put(bucket, "a.b.more", b"m")
+        w.wait("CREATE", d / "a" / "b" / "more")
+    finally:
+        w.stop()
+    assert (d / "a" / "b" / "k").read_bytes() == b"three"

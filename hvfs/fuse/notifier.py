@@ -7,8 +7,12 @@ directory -> ``mkdir``, modify -> ``open(O_WRONLY)`` + ``ftruncate`` (same
 size), delete -> ``unlink``/``rmdir``. The handlers recognise this thread's
 requests (``hvfs.vfs.echo``) and touch nothing in NATS.
 
-That costs a few FUSE round trips per change (1-2k changes/s). A change
-nobody can hear needs none of it: when the queue is long (a storm), the
+That costs a few FUSE round trips per change (1-2k changes/s). A change in
+a directory the kernel does not hold (no lookup reference: nobody looked it
+up or listed its parent since it was forgotten) needs nothing at all: no
+dentry, no cached page and no inotify watch can be below it, and whoever
+looks it up later gets the index as it is then. A change nobody else can hear
+needs little: when the queue is long (a storm), the
 thread reads which inodes of this mount inotify watches (every process's
 ``/proc/PID/fdinfo``, at most every ``SCAN_EVERY`` seconds) and, for a change
 in a directory nobody watches (and to a file nobody watches), only
@@ -57,6 +61,7 @@ SCAN_EVERY = 0.05
 @dataclass(slots=True)
 class _Item:
     what: str  # create | mkdir | modify | delete
+    parent: Node
     parent_ino: int
     name: bytes
     node: Node
@@ -89,7 +94,8 @@ class Notifier:
                  "hvfs_notifier_invalidations"),
                 ("failed", "changes that could not be repeated", "hvfs_notifier_failures"),
                 ("coalesced", "modifies merged while behind", None),
-                ("unwatched", "changes nobody watched: invalidated only", None)):
+                ("unwatched", "changes nobody watched: invalidated only", None),
+                ("unheld", "changes in directories the kernel does not hold: nothing to do", None)):
             m.counter(f"notifier.{name}", help, prom)
         m.counter("notifier.max_queue", "longest queue seen", "hvfs_notifier_queue_depth_max", peak=True)
         m.gauge("notifier.queue", self.queue_length, "changes waiting for the kernel",
@@ -130,7 +136,7 @@ class Notifier:
         self._seq += 1
         if what == "delete":
             self.selfops.gone[(parent_ino, name)] = (node, self._seq)
-        item = _Item(what, parent_ino, name, node, parent.path().rstrip(b"/") + b"/" + name, self._seq,
+        item = _Item(what, parent, parent_ino, name, node, parent.path().rstrip(b"/") + b"/" + name, self._seq,
                      time.monotonic())
         with self._cv:
             self._q.append(item)
@@ -157,7 +163,11 @@ class Notifier:
             self.selfops.current = (item.parent_ino, item.name, item.node, item.what)
             item.node.inval_at = float("inf")  # attribute replies made meanwhile may be dropped
             try:
-                if self._heard_by_nobody(item):
+                if item.parent.nlookup <= 0:
+                    # (read across threads: a lookup racing with this finds the index as it is)
+                    self._pending_modify.discard(item.node.ino)
+                    self.metrics.inc("notifier.unheld")
+                elif self._heard_by_nobody(item):
                     self._invalidate(item)
                     self.metrics.inc("notifier.unwatched")
                 else:
