@@ -45,8 +45,6 @@ from ..errors import (
 from .base import (
     CHUNK_DIGEST_HEADER,
     OBJ_CHUNK_SIZE,
-    RESYNC,
-    SYNCED,
     BucketInfo,
     Corrupt,
     KvDelta,
@@ -1352,6 +1350,12 @@ class ObjWatch(KvWatch):
     Unlike a KV watch it takes the payloads (the meta JSON is small): size, digest and
     the delete flag are in it, not in headers."""
 
+    headers_only = False
+
+    def __init__(self, store: Any, bucket: str, sink: WatchSink, token: trio.lowlevel.TrioToken) -> None:
+        super().__init__(store, bucket, sink, token)
+        self.pre = f"$O.{bucket}.M."
+
     @property
     def stream_name(self) -> str:
         return f"OBJ_{self.bucket}"
@@ -1360,50 +1364,14 @@ class ObjWatch(KvWatch):
     def _missing(self) -> str:
         return f"no object bucket {self.bucket!r}"
 
-    def _item(self, msg: Any, meta: Any, size: int) -> ObjChange:  # type: ignore[override]
-        seq, stamp = int(meta.sequence.stream), ts(meta.timestamp)
+    def _item(self, subject: str, headers: dict[str, str] | None, seq: int, when: float,
+              size: int, data: bytes | None) -> ObjChange | None:
         try:
-            info = parse_obj_meta(self.bucket, msg.data or b"", seq, stamp)
+            info = parse_obj_meta(self.bucket, data or b"", seq, when)
         except Corrupt as e:
             log.warning("watch %s: %s", self.bucket, e.reason)
-            return ObjChange(self.bucket, "", True, seq, 0, stamp)
+            return None
+        if not info.name:
+            return None
         return ObjChange(self.bucket, info.name, info.deleted, seq, info.size, info.time, info.digest,
                          info.metadata)
-
-    async def start(self) -> None:
-        """As KvWatch.start, on ``$O.<bucket>.M.>`` with payloads."""
-        self._gen += 1
-        gen = self._gen
-        self._synced = False
-        self._hold()
-        self._emit(RESYNC)
-
-        async def on_msg(msg: Any) -> None:
-            if gen != self._gen:
-                return
-            meta = msg.metadata
-            item = self._item(msg, meta, 0)
-            if item.name:
-                self._emit(item)
-            if not self._synced and meta.num_pending == 0:
-                self._synced = True
-                self._emit(SYNCED)
-
-        try:
-            try:
-                self.sub = await self.store._js.subscribe(
-                    f"$O.{self.bucket}.M.>", stream=self.stream_name, cb=on_msg, ordered_consumer=True,
-                    deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT, inactive_threshold=300.0,
-                    pending_msgs_limit=-1)
-                info = await self.sub.consumer_info()
-            except nats.js.errors.NotFoundError:
-                raise NotFound(self._missing) from None
-        except BaseException:
-            self._drop()
-            await asyncio.shield(self._stop())
-            raise
-        sent = info.delivered.consumer_seq if info.delivered is not None else 0
-        if info.num_pending == 0 and not sent and not self._synced:
-            self._synced = True
-            self._emit(SYNCED)
-        self._release()

@@ -220,9 +220,12 @@ class KvWatch:
 
     #: what the consumer covers; a stream watch takes every subject from the start
     deliver_policy = api.DeliverPolicy.LAST_PER_SUBJECT
+    #: whether messages come without their payloads (an object watch reads its metas)
+    headers_only = True
 
     def _item(self, subject: str, headers: dict[str, str] | None, seq: int, when: float,
-              size: int) -> KvChange:
+              size: int, data: bytes | None) -> Any:
+        """What one delivery means to the sink (None: nothing)."""
         op = op_of(headers)
         return KvChange(self.bucket, subject[len(self.pre):], op, seq, size if op is Op.PUT else 0, when,
                         (headers or {}).get(MSG_ID, ""))
@@ -263,7 +266,9 @@ class KvWatch:
             if gen != self._gen:
                 return
             seq, when, pending = delivery(msg)
-            self._emit(self._item(msg.subject, msg.headers, seq, when, stored_size(msg.headers, msg.data)))
+            item = self._item(msg.subject, msg.headers, seq, when, stored_size(msg.headers, msg.data), msg.data)
+            if item is not None:
+                self._emit(item)
             if not self._synced and pending == 0:
                 self._synced = True
                 self._emit(SYNCED)
@@ -275,7 +280,7 @@ class KvWatch:
                       "config": api.ConsumerConfig(opt_start_seq=start)}
         self.sub = await self.store._js.subscribe(
             f"{self.pre}>", stream=self.stream_name, cb=on_msg, ordered_consumer=True,
-            headers_only=True, inactive_threshold=300.0, pending_msgs_limit=-1, **policy,
+            headers_only=self.headers_only, inactive_threshold=300.0, pending_msgs_limit=-1, **policy,
         )
         if start is not None:
             return
@@ -321,7 +326,9 @@ class KvWatch:
                 return
             snap.next += 1
             hdrs = raw_headers(headers) if headers else {}
-            self._emit(self._item(subject.decode(), hdrs, sseq, when, stored_size(hdrs, data)))
+            item = self._item(subject.decode(), hdrs, sseq, when, stored_size(hdrs, data), data)
+            if item is not None:
+                self._emit(item)
             snap.last = max(snap.last, sseq)
             if pending == 0:
                 snap.done = self._synced = True
@@ -331,7 +338,7 @@ class KvWatch:
         table[snap.sub._id] = on_raw
         req = {"stream_name": self.stream_name, "config": {
             "deliver_subject": snap.sub.subject, "deliver_policy": self.deliver_policy.value,
-            "ack_policy": "none", "filter_subject": f"{self.pre}>", "headers_only": True,
+            "ack_policy": "none", "filter_subject": f"{self.pre}>", "headers_only": self.headers_only,
             "flow_control": True, "idle_heartbeat": int(_SNAPSHOT_HEARTBEAT * 1e9), "mem_storage": True,
             "num_replicas": 1, "inactive_threshold": int(30e9), "replay_policy": "instant"}}
         # The server counts what a last-per-subject consumer has pending at its creation: a
@@ -573,8 +580,8 @@ class StreamWatch(KvWatch):
     def _missing(self) -> str:
         return f"no stream {self.bucket!r}"
 
-    def _item(self, subject: str, headers: dict[str, str] | None, seq: int, when: float,  # type: ignore[override]
-              size: int) -> MsgSeen:
+    def _item(self, subject: str, headers: dict[str, str] | None, seq: int, when: float,
+              size: int, data: bytes | None) -> MsgSeen:
         return MsgSeen(self.bucket, subject, seq, size, when)
 
 
