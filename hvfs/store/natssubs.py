@@ -57,6 +57,7 @@ class _Snapshot:
         self.next = 1  # the consumer sequence the next message must have
         self.last = 0  # the highest stream sequence read
         self.done = False
+        self.live = False  # the snapshot is in: the same consumer now follows live changes
         self.active = False  # something arrived since the watchdog last looked
         self.tasks: set[asyncio.Task[Any]] = set()
 
@@ -315,9 +316,18 @@ class KvWatch:
                 to = reply.decode() or raw_headers(headers).get("Nats-Consumer-Stalled", "")
                 if to:
                     snap.spawn(loop, nc.publish(to, b""))
+                if snap.live:
+                    snap.active = True  # an idle live consumer shows it is there by heartbeats
                 return
             snap.active = True
             sseq, cseq, when, pending = f
+            if cseq != snap.next and snap.live:
+                # A gap while following: the ordered consumer takes over after the last one read.
+                snap.done = True
+                log.warning("watch %s: live delivery skipped from %d to %d; following anew",
+                            self.bucket, snap.next, cseq)
+                snap.spawn(loop, self._follow(gen, snap.last))
+                return
             if cseq != snap.next:
                 snap.done = True
                 log.warning("watch %s: snapshot skipped from %d to %d; starting again", self.bucket,
@@ -330,10 +340,11 @@ class KvWatch:
             if item is not None:
                 self._emit(item)
             snap.last = max(snap.last, sseq)
-            if pending == 0:
-                snap.done = self._synced = True
+            if pending == 0 and not snap.live:
+                # The snapshot is in; its consumer goes on with what comes next, through this
+                # same path (nats-py's ordered consumer costs a Msg and a task per message).
+                snap.live = self._synced = True
                 self._emit(SYNCED)
-                snap.spawn(loop, self._follow(gen, snap.last))
 
         table[snap.sub._id] = on_raw
         req = {"stream_name": self.stream_name, "config": {
@@ -372,11 +383,17 @@ class KvWatch:
             await self._again(gen)
 
     async def _watchdog(self, gen: int, snap: _Snapshot) -> None:
-        """A snapshot that stops arriving (no message for three heartbeats' time) starts again."""
+        """A snapshot that stops arriving (no message for three heartbeats' time) starts again;
+        a live consumer that goes silent (not even heartbeats) hands over to the ordered one."""
         while not snap.done and gen == self._gen:
             snap.active = False
             await asyncio.sleep(3 * _SNAPSHOT_HEARTBEAT)
             if not snap.active and not snap.done and gen == self._gen:
+                if snap.live:
+                    log.warning("watch %s: the live consumer went silent; following anew", self.bucket)
+                    snap.done = True
+                    await self._follow(gen, snap.last)
+                    return
                 log.warning("watch %s: the snapshot stalled; starting again", self.bucket)
                 await self._again(gen)
                 return
