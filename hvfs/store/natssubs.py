@@ -140,7 +140,8 @@ def delivery(msg: Any) -> tuple[int, float, int]:
 
 class KvWatch:
     """A bucket's watch feeding the index: a headers-only consumer of its own for the
-    snapshot, then an ordered, headers-only consumer from the next sequence (``start``).
+    snapshot and the changes after it; an ordered, headers-only consumer from the next
+    sequence where that one cannot go on (``start``).
 
     Items are batched and handed to the trio thread with one run_sync_soon per
     batch, so a storm of changes costs the trio loop one wake-up per batch.
@@ -235,9 +236,10 @@ class KvWatch:
         """(Re)start the snapshot: RESYNC, every current entry, SYNCED, then live changes.
 
         The snapshot is read by a consumer of its own whose messages skip nats-py's
-        per-message machinery (``_fast_msgs``); once it has sent everything, an ordered
-        consumer follows from the next sequence (``_live``). Without the fast path (or
-        for an empty bucket) the ordered consumer does both.
+        per-message machinery (``_fast_msgs``); once it has sent everything it goes on
+        with live changes. After a gap in its deliveries or a silence (``_watchdog``), an
+        ordered consumer follows from the next sequence (``_live``). Without the fast path
+        (or for an empty bucket) the ordered consumer does both.
 
         What it emits is held back until the consumer exists: a watch of a missing
         bucket or stream fails with nothing sent to the sink, not even RESYNC.
