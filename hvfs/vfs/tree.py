@@ -126,36 +126,34 @@ _peek: Callable[[Any, Any], Any] = dict.get
 _store: Callable[[Any, Any, Any], None] = dict.__setitem__
 
 
-class Children(dict[bytes, Node]):
-    """A directory's entries by name. Values may be packed leaves (see the module's
-    docstring); every read of a value through this mapping makes the leaf a Node."""
+class _Leafy(dict[Any, Node]):
+    """A mapping to Nodes whose raw values may stand for a leaf (``_leaf``): every read
+    through it (``get``, ``[]``, ``pop``, ``values``, ``items``) makes the leaf a Node
+    (``_grow``), so callers only ever see Nodes. Subclasses give the two tests."""
 
-    __slots__ = ("dir",)
+    __slots__ = ()
 
-    def __init__(self, d: Node) -> None:
-        super().__init__()
-        self.dir = d
+    def _leaf(self, v: Any) -> bool:
+        raise NotImplementedError
 
-    def get(self, name: bytes, default: Any = None) -> Any:  # type: ignore[override]
-        v = _peek(self, name)
+    def _grow(self, k: Any, v: Any) -> Node | None:
+        raise NotImplementedError
+
+    def get(self, k: Any, default: Any = None) -> Any:  # type: ignore[override]
+        v = _peek(self, k)
         if v is None:
             return default
-        return self._grow(name, v) if v.__class__ is bytes else v
+        return self._grow(k, v) if self._leaf(v) else v
 
-    def __getitem__(self, name: bytes) -> Node:
-        v = _peek(self, name)
-        if v is None:
-            raise KeyError(name)
-        return self._grow(name, v) if v.__class__ is bytes else v  # type: ignore[no-any-return]
+    def __getitem__(self, k: Any) -> Node:
+        node = self.get(k)
+        if node is None:
+            raise KeyError(k)
+        return node  # type: ignore[no-any-return]
 
-    def _grow(self, name: bytes, packed: bytes) -> Node:
-        view = self.dir.view
-        assert view is not None, "a leaf outside a KvView"
-        return view.grow(self.dir, name, packed)
-
-    def pop(self, name: bytes, *default: Any) -> Any:  # type: ignore[override]
-        self.get(name)
-        return dict.pop(self, name, *default)
+    def pop(self, k: Any, *default: Any) -> Any:  # type: ignore[override]
+        self.get(k)
+        return dict.pop(self, k, *default)
 
     def values(self) -> Any:
         self._grow_all()
@@ -166,9 +164,26 @@ class Children(dict[bytes, Node]):
         return dict.items(self)
 
     def _grow_all(self) -> None:
-        leaves: list[tuple[bytes, Any]] = [(n, v) for n, v in dict.items(self) if v.__class__ is bytes]
-        for n, v in leaves:
-            self._grow(n, v)
+        for k, v in [(k, v) for k, v in dict.items(self) if self._leaf(v)]:
+            self._grow(k, v)
+
+
+class Children(_Leafy):
+    """A directory's entries by name; a leaf is its packed bytes (see the module's docstring)."""
+
+    __slots__ = ("dir",)
+
+    def __init__(self, d: Node) -> None:
+        super().__init__()
+        self.dir = d
+
+    def _leaf(self, v: Any) -> bool:
+        return v.__class__ is bytes
+
+    def _grow(self, name: bytes, packed: bytes) -> Node:
+        view = self.dir.view
+        assert view is not None, "a leaf outside a KvView"
+        return view.grow(self.dir, name, packed)
 
     def nodes(self) -> Iterator[Node]:
         """The entries that are Nodes already (no leaf is made one)."""
@@ -271,9 +286,8 @@ class Tree:
                 yield from self.walk(c)
 
 
-class Keys(dict[str, Node]):
-    """A view's Nodes by key; a key held as a leaf maps to its directory, and reading
-    it through this mapping makes its Node."""
+class Keys(_Leafy):
+    """A view's Nodes by key; a key held as a leaf maps to its directory."""
 
     __slots__ = ("view",)
 
@@ -281,29 +295,11 @@ class Keys(dict[str, Node]):
         super().__init__()
         self.view = view
 
-    def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
-        v = _peek(self, key)
-        if v is None:
-            return default
-        if v.kind is Kind.DIR:
-            return self.view.grow_key(key, v)
-        return v
+    def _leaf(self, v: Any) -> bool:
+        return v.kind is Kind.DIR  # type: ignore[no-any-return]
 
-    def __getitem__(self, key: str) -> Node:
-        node = self.get(key)
-        if node is None:
-            raise KeyError(key)
-        return node  # type: ignore[no-any-return]
-
-    def pop(self, key: str, *default: Any) -> Any:  # type: ignore[override]
-        self.get(key)
-        return dict.pop(self, key, *default)
-
-    def values(self) -> Any:
-        return [self[k] for k in list(self)]
-
-    def items(self) -> Any:
-        return [(k, self[k]) for k in list(self)]
+    def _grow(self, key: str, d: Node) -> Node | None:
+        return self.view.grow_key(key, d)
 
 
 class KvView:
@@ -409,10 +405,12 @@ class KvView:
         return node
 
     def grow_key(self, key: str, d: Node) -> Node | None:
-        v = _peek(d.children, self._leaf_name(key))
+        """The Node of ``key``, held as a leaf in ``d``."""
+        name = self._leaf_name(key)
+        v = _peek(d.children, name)
         if v is None:
             return None
-        return self.grow(d, self._leaf_name(key), v) if v.__class__ is bytes else v
+        return self.grow(d, name, v) if v.__class__ is bytes else v
 
     def _leaf_name(self, key: str) -> bytes:
         return key.rpartition(".")[2].encode("ascii") + self._sfx
