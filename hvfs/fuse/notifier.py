@@ -62,12 +62,15 @@ SCAN_EVERY = 0.05
 class _Item:
     what: str  # create | mkdir | modify | delete
     parent: Node
-    parent_ino: int
     name: bytes
     node: Node
     path: bytes
     seq: int
     queued: float  # monotonic time it was queued
+
+    @property
+    def parent_ino(self) -> int:
+        return self.parent.ino
 
 
 class Notifier:
@@ -136,7 +139,7 @@ class Notifier:
         self._seq += 1
         if what == "delete":
             self.selfops.gone[(parent_ino, name)] = (node, self._seq)
-        item = _Item(what, parent, parent_ino, name, node, parent.path().rstrip(b"/") + b"/" + name, self._seq,
+        item = _Item(what, parent, name, node, parent.path().rstrip(b"/") + b"/" + name, self._seq,
                      time.monotonic())
         with self._cv:
             self._q.append(item)

@@ -49,7 +49,7 @@ _SNAPSHOT_HEARTBEAT = 5.0
 
 
 class _Snapshot:
-    """One fast snapshot being read (the store's loop only)."""
+    """The fast consumer of one watch: its snapshot, then live changes (the store's loop only)."""
 
     def __init__(self) -> None:
         self.sub: Any = None
@@ -161,7 +161,7 @@ class KvWatch:
         self._scheduled = False
         self._synced = False
         self._gen = 0
-        self._snap: _Snapshot | None = None  # the fast snapshot being read
+        self._snap: _Snapshot | None = None  # the fast consumer, while it delivers
         self.closed = False
 
     async def stop(self) -> None:
@@ -375,7 +375,7 @@ class KvWatch:
         return True
 
     async def _follow(self, gen: int, last: int) -> None:
-        """The snapshot is complete up to ``last``: its consumer goes, the live one follows."""
+        """Deliveries are complete up to ``last``: the fast consumer goes, the ordered one follows."""
         try:
             await self._end_snapshot()
             if gen == self._gen and not self.closed:
