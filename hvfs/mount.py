@@ -398,6 +398,7 @@ def _pyfuse3(opts: MountOptions, core: Vfs, state: dict[str, object],
         # stops before the unmount above; may abort a request it left pending
         stack.callback(notifier.stop, lambda: abort_fuse_connection(conn))
         core.tree.listeners.append(notifier.enqueue)
+        core.tree.tellers.append(notifier.when_told)
 
     async def serve(mounted: Callable[[], None]) -> None:
         mounted()

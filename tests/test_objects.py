@@ -548,12 +548,14 @@ def test_content_addressed_binding_on_a_mount(server: EmbeddedServer, raw: RawNa
         ino = Inotify(m.path("blobs"))
         try:
             subprocess.run(["cp", str(src), str(inc / "is-42" / "shot.png")], check=True)
+            # once close() has returned, the name has left incoming/ for every later call
+            assert not (inc / "is-42" / "shot.png").exists()
+            assert "shot.png" not in os.listdir(inc / "is-42")
             name = hashlib.sha256(shot).hexdigest()
             blob = m.path("blobs", name)
             ino.wait("CREATE", blob)
         finally:
             ino.stop()
-        assert not (inc / "is-42" / "shot.png").exists()  # renamed to its hash
         assert blob.read_bytes() == shot
         assert raw_get(raw, bucket, name) == shot
         info = raw.run(obs(raw, bucket).get_info(name))

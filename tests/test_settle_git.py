@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -19,7 +21,7 @@ from dulwich.repo import Repo
 from hvfs.config import MountConfig, load_config
 from hvfs.entities import Issue
 from hvfs.errors import Busy, Invalid, NotFound, Unavailable
-from hvfs.settle.git import Git, PushResult, TreeEdit
+from hvfs.settle.git import LOCK_WAIT, Git, PushResult, TreeEdit
 from hvfs.settle.tree import (
     Marks,
     apply_overlays,
@@ -227,7 +229,17 @@ def test_bad_repositories(tmp_path):
         with pytest.raises(Busy):
             g.move(c, commit_files(g, {(b"f",): b"2"}, parent=h), "x")
         assert g.head_id() == c
-    lock.unlink()
+        # a lock held briefly (as by another settler's move) is waited for, not refused
+        t = threading.Timer(0.3, lock.unlink)
+        t.start()
+        try:
+            t0 = time.monotonic()
+            c2 = commit_files(g, {(b"f",): b"3"}, parent=h)
+            assert g.move(c, c2, "x") and g.head_id() == c2
+            assert 0.2 < time.monotonic() - t0 < LOCK_WAIT
+        finally:
+            t.join()
+        assert g.move(c2, c, "back")
     # corrupt: the head commit's object is garbage
     obj = p / "objects" / c[:2].decode() / c[2:].decode()
     os.chmod(obj, 0o644)

@@ -87,6 +87,8 @@ class Notifier:
         self._stop = False
         self._seq = 0
         self._pending_modify: set[int] = set()
+        self._told = 0  # the seq of the last item done
+        self._waiters: list[tuple[int, Callable[[], None]]] = []
         self._thread = threading.Thread(target=self._run, name="hvfs-notifier", daemon=True)
         self._watched = Watched(device) if device else None
         self._ready = threading.Event()
@@ -147,6 +149,17 @@ class Notifier:
             self.metrics.peak("notifier.max_queue", len(self._q))
             self._cv.notify()
 
+    def when_told(self, fn: Callable[[], None]) -> None:
+        """Call ``fn`` once every change queued so far is done (from this thread, or at once)."""
+        with self._cv:
+            if self._told >= self._seq or self._stop:
+                now = True
+            else:
+                now = False
+                self._waiters.append((self._seq, fn))
+        if now:
+            fn()
+
     def queue_length(self) -> int:
         return len(self._q)
 
@@ -160,6 +173,7 @@ class Notifier:
                 while not self._q and not self._stop:
                     self._cv.wait()
                 if self._stop:
+                    self._wake(None)
                     return
                 item = self._q.popleft()
             t0 = time.monotonic()
@@ -194,6 +208,19 @@ class Notifier:
                 if g is not None and g[1] == item.seq:
                     self.selfops.gone.pop(key, None)
                 self.lag_ms.append((time.monotonic() - t0) * 1000)
+                self._wake(item.seq)
+
+    def _wake(self, told: int | None) -> None:
+        """Record ``told`` as done and call the waiters it satisfies (None: all, at stop)."""
+        with self._cv:
+            if told is not None:
+                self._told = told
+            if not self._waiters:
+                return
+            due = [fn for seq, fn in self._waiters if told is None or seq <= told]
+            self._waiters = [w for w in self._waiters if told is not None and w[0] > told]
+        for fn in due:
+            fn()
 
     def _heard_by_nobody(self, item: _Item) -> bool:
         """In a storm: no inotify watch on the change's directory or file (as of a scan

@@ -42,6 +42,7 @@ DIR_MODE = stat.S_IFDIR
 VALUE = b".value"
 #: fewer new objects than this are written loose, more as one pack (git's unpackLimit)
 PACK_AT = 100
+LOCK_WAIT = 2.0  # seconds a held ref lock is waited for, as git's core.filesRefLockTimeout does
 _STALE = ObjectID(b"")  # the id of a directory being edited: written anew
 
 Parts = tuple[bytes, ...]
@@ -349,9 +350,15 @@ class Git:
     def lock_path(self) -> str:
         return os.path.join(self.repo.controldir(), *self.ref.decode().split("/")) + ".lock"
 
-    def check_unlocked(self) -> None:
-        if os.path.exists(self.lock_path()):
-            raise Busy(self._locked_reason())
+    def check_unlocked(self, wait: float = LOCK_WAIT) -> None:
+        """Busy if the branch stays locked for ``wait`` s: another writer holds it for milliseconds."""
+        deadline = time.monotonic() + wait
+        pause = 0.005
+        while os.path.exists(self.lock_path()):
+            if time.monotonic() >= deadline:
+                raise Busy(self._locked_reason())
+            time.sleep(pause)
+            pause = min(pause * 2, 0.1)
 
     def _locked_reason(self) -> str:
         return (f"repository {self.path}: branch {self.branch} is locked ({self.lock_path()} exists): "
@@ -439,14 +446,22 @@ class Git:
         return c.id
 
     def move(self, old: ObjectID | None, new: ObjectID, why: str) -> bool:
-        """Compare and set the branch: False if it no longer is ``old``."""
-        try:
-            return bool(self.repo.refs.set_if_equals(self.ref, old if old is not None else ZERO_SHA, new,
-                                                     message=why.encode()))
-        except FileLocked:
-            raise Busy(self._locked_reason()) from None
-        except OSError as e:
-            raise Unavailable(f"repository {self.path}: cannot move branch {self.branch}: {e}") from None
+        """Compare and set the branch: False if it no longer is ``old``.
+
+        A lock held by another writer is waited for (bounded, see ``check_unlocked``).
+        """
+        deadline = time.monotonic() + LOCK_WAIT
+        while True:
+            try:
+                return bool(self.repo.refs.set_if_equals(self.ref, old if old is not None else ZERO_SHA, new,
+                                                         message=why.encode()))
+            except FileLocked:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise Busy(self._locked_reason()) from None
+                self.check_unlocked(left)
+            except OSError as e:
+                raise Unavailable(f"repository {self.path}: cannot move branch {self.branch}: {e}") from None
 
     def is_ancestor(self, old: ObjectID, new: ObjectID) -> bool:
         if old == new:

@@ -224,6 +224,8 @@ class IncomingProvider(Provider):
             self.sv.tree.notify(parent, node.name, node, "delete")
         view.put(key, info.revision, info.size, time.time())
         self.blobs._remember(view.bucket, key, info.metadata)
+        # The kernel did not see the file leave incoming/: once close() returns, it must know.
+        await self.sv.told()
 
     async def mkdir(self, parent: Node, name: bytes) -> Node:
         self.writable()

@@ -11,9 +11,12 @@ counters, the conflict and error logs, and the handles with unpublished bytes.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+
+import trio
 
 from ..errors import (
     HvfsError,
@@ -36,6 +39,9 @@ from .offline import Offline
 from .resolve import UNKNOWN, Resolver
 from .spool import Spool
 from .tree import Kind, Node, Tree, display
+
+#: The longest a request waits for the notifier to tell the kernel of its side effects.
+TOLD_WAIT = 2.0
 
 __all__ = ["Provider", "Services", "keep_emptied", "size_unknown", "spliced"]
 
@@ -90,6 +96,25 @@ class Services:
     #: ``--cache watch``: an open of a key whose latest revision (as the watch has it) was
     #: read before is served from memory, without a get (docs/consistency.md)
     cache_watch: bool = False
+
+    async def told(self) -> None:
+        """Wait (at most ``TOLD_WAIT`` s) until the kernel has heard every change notified so far.
+
+        For a change this mount makes that the kernel did not see as an operation
+        (a file leaving ``incoming/``): once the request returns, later calls on
+        this mount must not find the kernel's cached entry.
+        """
+        token = trio.lowlevel.current_trio_token()
+        for teller in self.tree.tellers:
+            done = trio.Event()
+
+            def wake(done: trio.Event = done) -> None:
+                with contextlib.suppress(trio.RunFinishedError):
+                    token.run_sync_soon(done.set)
+
+            teller(wake)
+            with trio.move_on_after(TOLD_WAIT):
+                await done.wait()
 
     def fail(self, h: Handle, err: HvfsError, data: bytes, where: str, current: int | None = None,
              msg_id: str = "") -> None:

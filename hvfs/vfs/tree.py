@@ -214,6 +214,9 @@ class Tree:
         self.root.nlookup = 1
         self.nodes[1] = self.root
         self.listeners: list[Listener] = []
+        #: each calls its argument (from any thread) once the kernel has heard every change
+        #: notified so far: the notifier's ``when_told``
+        self.tellers: list[Callable[[Callable[[], None]], None]] = []
 
     def new(self, kind: Kind, name: bytes, parent: Node | None) -> Node:
         node = Node(self._next, kind, name, parent)
