@@ -3,8 +3,8 @@
 
 Times, against its own nats-server, in one process:
 
-* raw nats-py ``kv.get`` / ``kv.update`` on a plain asyncio loop (what bench_kv.py calls "raw"),
-* ``hvfs.store.nats.NatsStore.get`` / ``.update`` called from trio (the mount's path to NATS:
+* raw nats-py ``kv.get`` / ``kv.update`` / ``js.publish`` on a plain asyncio loop (what bench_kv.py calls "raw"),
+* ``hvfs.store.nats.NatsStore.get`` / ``.update`` / ``.publish`` called from trio (the mount's path to NATS:
   run_coroutine_threadsafe onto the store's asyncio thread, woken back by TrioToken.run_sync_soon),
 * ``Core.open`` + ``Core.read`` + ``Core.release`` and ``Core.open(O_TRUNC)`` + ``write`` +
   ``flush`` + ``release`` (the mount's handlers minus the kernel),
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import sys
 import tempfile
@@ -31,6 +32,7 @@ import nats  # noqa: E402
 import trio  # noqa: E402
 
 from hvfs.config import Binding, ConnectOptions, MountConfig  # noqa: E402
+from hvfs.errors import NotFound  # noqa: E402
 from hvfs.server import EmbeddedServer  # noqa: E402
 from hvfs.store.nats import NatsStore  # noqa: E402
 from hvfs.vfs.core import Core  # noqa: E402
@@ -53,7 +55,7 @@ async def raw_part(url: str, n: int, w: int) -> dict[str, list[float]]:
     kv = await js.create_key_value(bucket="b", history=10, direct=True)
     for k in ("r", "w_raw", "w_store", "w_core"):
         await kv.put(k, VALUE)
-    out: dict[str, list[float]] = {"get": [], "update": []}
+    out: dict[str, list[float]] = {"get": [], "update": [], "publish": []}
     for i in range(n + w):
         t0 = time.perf_counter_ns()
         await kv.get("r")
@@ -65,6 +67,12 @@ async def raw_part(url: str, n: int, w: int) -> dict[str, list[float]]:
         rev = await kv.update("w_raw", VALUE, last=rev)
         if i >= w:
             out["update"].append((time.perf_counter_ns() - t0) / 1e3)
+    await js.add_stream(name="PUB", subjects=["pub.>"])
+    for i in range(n + w):
+        t0 = time.perf_counter_ns()
+        await js.publish("pub.raw", VALUE, stream="PUB", headers={"Nats-Msg-Id": f"raw-{i}"})
+        if i >= w:
+            out["publish"].append((time.perf_counter_ns() - t0) / 1e3)
     await nc.close()
     return out
 
@@ -72,7 +80,8 @@ async def raw_part(url: str, n: int, w: int) -> dict[str, list[float]]:
 async def trio_part(url: str, n: int, w: int) -> dict[str, list[float]]:
     store = NatsStore(ConnectOptions(servers=[url]))
     await store.start()
-    out: dict[str, list[float]] = {k: [] for k in ("bridge", "get", "update", "core_read", "core_write")}
+    out: dict[str, list[float]] = {k: [] for k in ("bridge", "get", "update", "publish", "core_read",
+                                                   "core_write")}
     try:
         async def nop() -> None:
             return None
@@ -114,6 +123,8 @@ async def trio_part(url: str, n: int, w: int) -> dict[str, list[float]]:
             rev = await store.update("b", "w_store", VALUE, rev)
 
         await timed("update", upd)
+        pubs = iter(range(10**9))
+        await timed("publish", lambda: store.publish("pub.store", VALUE, "PUB", f"store-{next(pubs)}"))
         core = Core(store, MountConfig(bindings=[Binding(path="b", kv="b", create=False)], raw=False))
         await core.start()
         root = core.tree.root.children[b"b"]  # type: ignore[index]
@@ -133,6 +144,28 @@ async def trio_part(url: str, n: int, w: int) -> dict[str, list[float]]:
 
         await timed("core_read", core_read)
         await timed("core_write", core_write)
+        await core.close()
+
+        # A stream publish as the kernel asks for it: LOOKUP (absent), CREATE, WRITE, FLUSH, RELEASE.
+        core = Core(store, MountConfig(raw=True))
+        await core.start()
+        d = core.tree.root
+        for name in (b"streams", b"PUB", b"pub"):
+            d = await core.lookup(d.ino, name)
+        d = await core.mkdir(d.ino, b"core")
+        names = iter(range(10**9))
+
+        async def core_publish() -> None:
+            name = f"f{next(names)}".encode()
+            with contextlib.suppress(NotFound):
+                await core.lookup(d.ino, name)
+            h = await core.create(d.ino, name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+            await core.write(h.fh, 0, VALUE)
+            await core.flush(h.fh)
+            core.release(h.fh)
+
+        out["core_publish"] = []
+        await timed("core_publish", core_publish)
         await core.close()
     finally:
         await store.close()
@@ -159,6 +192,9 @@ def main() -> int:
     print(row("raw nats-py kv.update (asyncio)", raw["update"]))
     print(row("NatsStore.update from trio (bridge + update)", tr["update"]))
     print(row("Core.open(O_TRUNC)+write+flush+release (get + update)", tr["core_write"]))
+    print(row("raw nats-py js.publish with Nats-Msg-Id (asyncio)", raw["publish"]))
+    print(row("NatsStore.publish from trio (bridge + publish)", tr["publish"]))
+    print(row("Core lookup+create+write+flush+release in streams/ (1 publish)", tr["core_publish"]))
     print(row("bridge alone: trio -> asyncio thread -> trio, no NATS", tr["bridge"]))
     print("NatsStore get split at the thread crossings:")
     print(row("  trio call -> coroutine starts on the store's loop", tr["seg_submit"]))

@@ -44,6 +44,36 @@ def test_snapshot_keys_are_leaves_until_read():
     assert len(tree.nodes) == inodes + 101  # (dir.inner is still a leaf)
 
 
+def _scan_subdirs(tree: Tree) -> None:
+    """Every directory's kept count of subdirectories is what a scan finds."""
+    for n in list(tree.nodes.values()):
+        if n.children is not None:
+            scan = sum(1 for c in n.children.nodes() if c.kind is Kind.DIR)
+            assert n.children.subdirs() == scan, n
+
+
+def test_subdirectory_counts_follow_every_change():
+    tree, v = _view()
+    for k in ("a", "d1.x", "d1.y", "d2.e.f", "g.h", "g"):
+        v.apply(k, False, 1, 1, 1.0)
+    v.end_resync()
+    _scan_subdirs(tree)
+    assert v.root.children.subdirs() == 3  # d1, d2, g (g's value is g/.value)
+    v.apply("d3.z", False, 2, 1, 1.0)  # a new directory while watched
+    v.apply("d1.x", True, 3, 0, 1.0)
+    v.apply("d1.y", True, 4, 0, 1.0)  # d1 emptied: pruned
+    v.apply("g.h", True, 5, 0, 1.0)
+    _scan_subdirs(tree)
+    d2 = v.root.children[b"d2"]
+    tree.unlink_for_move(d2)
+    _scan_subdirs(tree)
+    tree.attach(v.root.children[b"d3"], d2)
+    _scan_subdirs(tree)
+    tree.detach(d2)
+    assert v.root.children.pop(b"nothing", None) is None
+    _scan_subdirs(tree)
+
+
 def test_leaf_revisions_resync_and_deletes():
     tree, v = _view()
     v.apply("a", False, 5, 1, 1.0)

@@ -60,6 +60,14 @@ def test_new_file_publishes_one_message(mnt, raw, stream):
         info = raw.run(raw.js.stream_info(name))
         assert info.state.messages == 1
         assert "new" not in os.listdir(d)
+        # inotify: the draft as the kernel saw it, then its name giving way to the message
+        w.wait("CLOSE_WRITE", d / "new")
+        w.wait("DELETE", d / "new")
+        w.wait("CREATE", d / seqs[0])
+        # a message published elsewhere is an IN_CREATE too
+        seq = publish(raw, f"{p}.is-42", b"from elsewhere\n")
+        w.wait("CREATE", d / str(seq))
+        assert (d / str(seq)).read_bytes() == b"from elsewhere\n"
     finally:
         w.stop()
 

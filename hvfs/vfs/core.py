@@ -323,7 +323,7 @@ class Vfs:
 
     async def create(self, parent_ino: int, name: bytes, flags: int, pid: int = 0) -> Handle:
         if self.echo.owns(pid):
-            node = self.echo.announced(parent_ino, name, Kind.KV)
+            node = self.echo.announced(parent_ino, name, False)
             return self._register(Handle(0, node, True, b"", node.revision, pid=pid, echo=True))
         _check_name(name)
         parent = self._dir(parent_ino)
@@ -442,7 +442,7 @@ class Vfs:
 
     async def mkdir(self, parent_ino: int, name: bytes, pid: int = 0) -> Node:
         if self.echo.owns(pid):
-            return self.echo.announced(parent_ino, name, Kind.DIR)
+            return self.echo.announced(parent_ino, name, True)
         _check_name(name)
         parent = self._dir(parent_ino)
         return await parent.provider.mkdir(parent, name)

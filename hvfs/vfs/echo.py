@@ -43,9 +43,12 @@ class SelfOps:
         g = self.gone.get((parent_ino, name))
         return ("show", g[0]) if g is not None else None
 
-    def announced(self, parent_ino: int, name: bytes, kind: Kind) -> Node | None:
+    def announced(self, parent_ino: int, name: bytes, is_dir: bool) -> Node | None:
+        """The node of the create (a file of any kind: key, message, object) or mkdir
+        being repeated as ``name`` in ``parent_ino``."""
         cur = self.current
-        if (cur is not None and cur[0] == parent_ino and cur[1] == name and cur[2].kind is kind
+        if (cur is not None and cur[0] == parent_ino and cur[1] == name
+                and (cur[2].kind is Kind.DIR) is is_dir
                 and cur[2].linked and cur[3] in ("create", "mkdir") and cur[2].name == name
                 and cur[2].parent is not None and cur[2].parent.ino == parent_ino):
             return cur[2]
@@ -74,9 +77,9 @@ class Echo:
         nodes.setdefault(node.ino, node)  # the kernel holds it until forget
         return node
 
-    def announced(self, parent_ino: int, name: bytes, kind: Kind) -> Node:
+    def announced(self, parent_ino: int, name: bytes, is_dir: bool) -> Node:
         """The node a create/mkdir of the notifier announces; NotFound if it is gone already."""
-        node = self.ops.announced(parent_ino, name, kind)
+        node = self.ops.announced(parent_ino, name, is_dir)
         if node is None:
             raise NotFound("notifier: entry is gone")
         return node

@@ -171,11 +171,34 @@ class _Leafy(dict[Any, Node]):
 class Children(_Leafy):
     """A directory's entries by name; a leaf is its packed bytes (see the module's docstring)."""
 
-    __slots__ = ("dir",)
+    __slots__ = ("dir", "ndirs")
 
     def __init__(self, d: Node) -> None:
         super().__init__()
         self.dir = d
+        self.ndirs = 0  # entries that are directories, kept as they come and go (st_nlink)
+
+    def __setitem__(self, name: bytes, v: Any) -> None:
+        self._gone(_peek(self, name))
+        if v.__class__ is Node and v.kind is Kind.DIR:
+            self.ndirs += 1
+        dict.__setitem__(self, name, v)
+
+    def __delitem__(self, name: bytes) -> None:
+        v = _peek(self, name)
+        dict.__delitem__(self, name)
+        self._gone(v)
+
+    def pop(self, name: Any, *default: Any) -> Any:
+        if name not in self:
+            return dict.pop(self, name, *default)
+        v = super().pop(name)
+        self._gone(v)
+        return v
+
+    def _gone(self, v: Any) -> None:
+        if v.__class__ is Node and v.kind is Kind.DIR:
+            self.ndirs -= 1
 
     def _leaf(self, v: Any) -> bool:
         return v.__class__ is bytes
@@ -190,8 +213,13 @@ class Children(_Leafy):
         return (v for v in dict.values(self) if v.__class__ is Node)
 
     def subdirs(self) -> int:
-        """How many entries are directories (a leaf never is one): for st_nlink."""
-        return sum(1 for v in self.nodes() if v.kind is Kind.DIR)
+        """How many entries are directories (a leaf never is one): for st_nlink.
+
+        Counted as entries come and go, not by a scan: getattr of a directory that
+        receives a message or key at a time would otherwise cost O(entries).
+        Raw stores (``_store``) only ever put leaves and KV Nodes, never directories.
+        """
+        return self.ndirs
 
 
 def display(node: Node) -> str:
