@@ -397,6 +397,22 @@ def _pyfuse3(opts: MountOptions, core: Vfs, state: dict[str, object],
         notifier.start()
         # stops before the unmount above; may abort a request it left pending
         stack.callback(notifier.stop, lambda: abort_fuse_connection(conn))
+
+        async def drain() -> None:
+            """Let the notifier finish the change it repeats while requests are still
+            answered: once the loop has stopped, its request would wait forever."""
+            ended = trio.Event()
+            token = trio.lowlevel.current_trio_token()
+
+            def wake() -> None:
+                with contextlib.suppress(trio.RunFinishedError):
+                    token.run_sync_soon(ended.set)
+
+            notifier.stop_soon(wake)
+            with trio.move_on_after(2.0):
+                await ended.wait()
+
+        state["drain"] = drain
         core.tree.listeners.append(notifier.enqueue)
         core.tree.tellers.append(notifier.when_told)
 
@@ -430,6 +446,9 @@ async def _signals(startup: trio.CancelScope, state: dict[str, object]) -> None:
         async for _ in signals:
             stop = state.get("stop")
             if state["mounted"] and callable(stop):
+                drain = state.get("drain")
+                if callable(drain):
+                    await drain()
                 stop()
             else:
                 startup.cancel()

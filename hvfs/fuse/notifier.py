@@ -89,6 +89,8 @@ class Notifier:
         self._pending_modify: set[int] = set()
         self._told = 0  # the seq of the last item done
         self._waiters: list[tuple[int, Callable[[], None]]] = []
+        self._ended: list[Callable[[], None]] = []
+        self._exiting = False  # the thread has taken ``_ended`` and is on its way out
         self._thread = threading.Thread(target=self._run, name="hvfs-notifier", daemon=True)
         self._watched = Watched(device) if device else None
         self._ready = threading.Event()
@@ -112,6 +114,17 @@ class Notifier:
     def start(self) -> None:
         self._thread.start()
         self._ready.wait(5)
+
+    def stop_soon(self, ended: Callable[[], None]) -> None:
+        """End the thread after the change it is repeating (the rest is dropped); ``ended``
+        is called once it has (from the thread, or at once)."""
+        with self._cv:
+            self._stop = True
+            self._cv.notify()
+            if self._thread.is_alive() and not self._exiting:
+                self._ended.append(ended)
+                return
+        ended()
 
     def stop(self, abort: Callable[[], None] | None = None) -> None:
         """Stop the thread. Called once the FUSE loop has ended: a self-operation
@@ -173,8 +186,8 @@ class Notifier:
                 while not self._q and not self._stop:
                     self._cv.wait()
                 if self._stop:
-                    self._wake(None)
-                    return
+                    ended, self._ended, self._exiting = self._ended, [], True
+                    break
                 item = self._q.popleft()
             t0 = time.monotonic()
             self.selfops.current = (item.parent_ino, item.name, item.node, item.what)
@@ -209,6 +222,9 @@ class Notifier:
                     self.selfops.gone.pop(key, None)
                 self.lag_ms.append((time.monotonic() - t0) * 1000)
                 self._wake(item.seq)
+        self._wake(None)
+        for fn in ended:
+            fn()
 
     def _wake(self, told: int | None) -> None:
         """Record ``told`` as done and call the waiters it satisfies (None: all, at stop)."""

@@ -40,7 +40,7 @@ _RECEIVED: ContextVar[float] = ContextVar("hvfs_request_received", default=0.0)
 QUEUE_SLACK = 0.05
 #: the thread whose request is being answered (FUSE's pid is the caller's thread id); 0: not known
 _CALLER: ContextVar[int] = ContextVar("hvfs_request_caller", default=0)
-_UNCACHED = (Kind.CTRL, Kind.REV, Kind.LOG, Kind.PUB)
+_UNCACHED = (Kind.CTRL, Kind.REV, Kind.LOG)
 DIR_MODE = 0o755
 #: pyfuse3 does not pass the kernel's "now" flag on: a time this close to now is taken as UTIME_NOW
 _NOW_SLACK_NS = 1_000_000_000
@@ -58,7 +58,8 @@ def _fuse(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[Any,
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         t0 = time.perf_counter()
         _RECEIVED.set(time.monotonic())
-        _CALLER.set(next((a.pid for a in args if isinstance(a, pyfuse3.RequestContext)), 0))
+        ctx = args[-1] if args else None  # pyfuse3 passes the request's context last
+        _CALLER.set(ctx.pid if isinstance(ctx, pyfuse3.RequestContext) else 0)
         err = 0
         try:
             return await fn(*args, **kwargs)
@@ -109,13 +110,19 @@ class Operations(pyfuse3.Operations):
         self.uid = os.getuid()
         self.gid = os.getgid()
         self._dirs: dict[int, list[tuple[bytes, Node]]] = {}
+        self._per_op: dict[str, tuple[Any, Any]] = {}  # op -> its request counter and histogram
         self._next_dir = 1
 
     def counted(self, op: str, seconds: float, err: int) -> None:
         """One answered request in the metrics: its count, its time, its errno if any."""
         m = self.core.metrics
-        m.labelled("fuse.requests").labels(op).inc()
-        m.histogram("fuse.request_seconds").labels(op).observe(seconds)
+        per_op = self._per_op.get(op)
+        if per_op is None:
+            # prometheus_client's labels() costs more than the update itself: once per op
+            per_op = self._per_op[op] = (m.labelled("fuse.requests").labels(op),
+                                         m.histogram("fuse.request_seconds").labels(op))
+        per_op[0].inc()
+        per_op[1].observe(seconds)
         if err:
             m.labelled("fuse.errors").labels(op, errno.errorcode.get(err, str(err))).inc()
 

@@ -21,8 +21,9 @@ import json
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any
 
 from .handles import Handle
 from .tree import display
@@ -61,6 +62,9 @@ class SpoolEntry:
     def msg_id(self) -> str:
         """The Nats-Msg-Id every publish of these bytes carries (``Spool.msg_id``)."""
         return f"hvfs-{self.id}"
+
+
+_FIELDS = tuple(f.name for f in fields(SpoolEntry))
 
 
 class Spool:
@@ -270,11 +274,16 @@ class Spool:
         return [(e, data) for e, data, _ in out]
 
 
+def _fields(entry: SpoolEntry) -> dict[str, Any]:
+    """The entry's fields (``asdict`` without its deep copies: on every first write)."""
+    return {f: getattr(entry, f) for f in _FIELDS}
+
+
 def _header(entry: SpoolEntry) -> bytes:
     """The entry as JSON, padded to ``HEADER`` bytes (the bytes follow it)."""
-    raw = json.dumps(asdict(entry)).encode()
+    raw = json.dumps(_fields(entry)).encode()
     if len(raw) > HEADER - 1:
         # A path or key too long for the header: keep what recovery needs.
-        short = asdict(entry) | {"path": entry.path[:200], "key": entry.key}
+        short = _fields(entry) | {"path": entry.path[:200], "key": entry.key}
         raw = json.dumps(short).encode()[:HEADER - 1]
     return raw + b" " * (HEADER - 1 - len(raw)) + b"\n"
