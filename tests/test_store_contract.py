@@ -345,6 +345,54 @@ def test_watch_snapshot_then_live(backend: Backend) -> None:
     backend.run(body)
 
 
+@pytest.mark.parametrize("kind", ["kv", "stream"])
+def test_watch_hands_over_when_its_live_consumer_is_lost(server: Any, raw: RawNats, kind: str,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The snapshot's consumer goes on with live changes; when it is gone (a restarted server
+    forgets a memory consumer; an operator deletes it), not even heartbeats come, and the
+    ordered consumer follows from the last sequence read: nothing lost, nothing twice."""
+    from hvfs.store import natssubs
+
+    monkeypatch.setattr(natssubs, "_SNAPSHOT_HEARTBEAT", 0.2)  # silence is 3 heartbeats: 0.6 s
+    name = fresh("lost")
+    stream = f"KV_{name}" if kind == "kv" else name
+    if kind == "kv":
+        raw.create_bucket(name)
+        raw.put(name, "a", b"1")
+    else:
+        add_stream(raw, name, [f"{name}.>"])
+        raw.run(raw.js.publish(f"{name}.a", b"1"))
+
+    def write(tok: str) -> None:
+        if kind == "kv":
+            raw.put(name, tok, tok.encode())
+        else:
+            raw.run(raw.js.publish(f"{name}.{tok}", tok.encode()))
+
+    def seen(items: list[Any]) -> list[str]:
+        if kind == "kv":
+            return [c.key for c in items if isinstance(c, KvChange)]
+        return [m.subject.rpartition(".")[2] for m in items if isinstance(m, MsgSeen)]
+
+    async def body(store: Store) -> None:
+        sink = Sink()
+        w = await (store.watch(name, sink) if kind == "kv" else store.stream_watch(name, sink))
+        await sink.synced()
+        write("b")
+        await sink.wait(lambda items: "b" in seen(items))  # live, through the snapshot's consumer
+        infos = await trio.to_thread.run_sync(lambda: raw.run(raw.js.consumers_info(stream)))
+        assert len(infos) == 1  # the fast consumer, still following
+        await trio.to_thread.run_sync(lambda: raw.run(raw.js.delete_consumer(stream, infos[0].name)))
+        write("c")  # while no consumer delivers
+        await sink.wait(lambda items: "c" in seen(items), within=10)
+        write("d")
+        await sink.wait(lambda items: "d" in seen(items))
+        assert seen(sink.items) == ["a", "b", "c", "d"]
+        await w.stop()
+
+    NatsBackend(server.url, raw).run(body)
+
+
 def test_watch_empty_and_missing_bucket(backend: Backend) -> None:
     async def body(store: Store) -> None:
         b = fresh("empty")
