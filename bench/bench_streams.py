@@ -1,7 +1,9 @@
 """Streams: publish through the mount vs raw js.publish vs tmpfs; ls of big subject dirs.
 
 Prints (does not assert). Targets: a subject directory of 100,000 messages
-lists in under 2 s.
+lists in under 2 s. Beside the publish it prints what one FUSE request that does
+nothing costs the mount (wall and its request thread's CPU): a publish by file is
+some 14 of them (docs/benchmarks.md, the floors).
 
 Run as root: .venv/bin/python bench/bench_streams.py [--n 2000] [--big 100000]
 """
@@ -61,6 +63,29 @@ def file_publish(d: Path, n: int) -> list[float]:
         os.close(fd)
         out.append((time.perf_counter() - t0) * 1e6)
     return out
+
+
+def bare_request(mp: Path, pid: int, n: int = 20_000) -> tuple[float, float]:
+    """(wall, CPU of the mount's main thread) per request, in microseconds, of a request
+    that does nothing: the floor every FUSE request of a publish pays."""
+    tck = os.sysconf("SC_CLK_TCK")
+
+    def cpu() -> float:
+        with open(f"/proc/{pid}/task/{pid}/stat") as f:
+            fields = f.read().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / tck
+
+    def go(k: int) -> None:
+        for _ in range(k):
+            try:
+                os.getxattr(mp / "streams", "user.nothing")
+            except OSError:
+                pass
+
+    go(1000)
+    c0, t0 = cpu(), time.perf_counter()
+    go(n)
+    return (time.perf_counter() - t0) / n * 1e6, (cpu() - c0) / n * 1e6
 
 
 async def fill(url: str, stream: str, subject: str, n: int) -> float:
@@ -142,6 +167,9 @@ def main() -> None:
             print(row("mount: create+write+close", mounted))
             print(row("tmpfs: create+write+close", tfs))
             print(f"mount/raw p50: {statistics.median(mounted) / statistics.median(raw):.2f}x")
+            bare = bare_request(mp, proc.pid)
+            print(f"one bare FUSE request (getxattr of a missing name on a directory): {bare[0]:.1f} us wall, "
+                  f"{bare[1]:.1f} us CPU of the mount's request thread")
 
             print("\n== ls of a subject directory")
             print(f"{'messages':>10}{'fill s':>9}{'listable s':>12}{'listdir s':>11}{'ls s':>8}{'RSS MiB':>9}")

@@ -67,6 +67,7 @@ def test_new_file_publishes_one_message(mnt, raw, stream):
         # a message published elsewhere is an IN_CREATE too
         seq = publish(raw, f"{p}.is-42", b"from elsewhere\n")
         w.wait("CREATE", d / str(seq))
+        w.wait("CLOSE_WRITE", d / str(seq))
         assert (d / str(seq)).read_bytes() == b"from elsewhere\n"
     finally:
         w.stop()
