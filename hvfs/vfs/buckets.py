@@ -1,11 +1,13 @@
-"""``kv/``: one directory per KV bucket, found by listing, by a lookup of its
-name, and by the mount's poller; ``mkdir kv/NAME`` creates a bucket.
+"""Directories of buckets: ``kv/`` (KV buckets) and, through ``BucketList``, ``obj/``
+(object store buckets, hvfs.vfs.objects). One directory per bucket, found by listing,
+by a lookup of its name, and by the mount's poller; ``mkdir kv/NAME`` creates a bucket.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import time
 
 import trio
 
@@ -15,53 +17,78 @@ from .kv import KvProvider
 from .provider import Provider, Services
 from .tree import Kind, Node, display
 
-__all__ = ["BucketsProvider"]
+__all__ = ["BucketList", "BucketsProvider"]
 
 log = logging.getLogger(__name__)
 
+_BUCKET_NAME = re.compile(r"[a-zA-Z0-9_-]+")
 
-class BucketsProvider(Provider):
-    """``kv/``: one directory per bucket; ``mkdir kv/NAME`` creates a bucket."""
 
-    def __init__(self, sv: Services, kv: KvProvider, root: Node) -> None:
+class BucketList(Provider):
+    """A directory with one directory per bucket of one kind; a kind gives how its
+    buckets are listed, checked, created, shown and dropped."""
+
+    #: the kind's buckets in reasons and logs ("bucket", "object bucket")
+    what = "bucket"
+    #: what the buckets' directories hold, in the reason for a file made beside them
+    holds = "files"
+
+    def __init__(self, sv: Services, root: Node) -> None:
         super().__init__(sv)
-        self.kv = kv
         self.root = root
         root.provider = self
         self._lock = trio.Lock()
+        self._retry: dict[str, float] = {}  # bucket -> monotonic time it is tried again
+
+    async def names(self) -> set[str]:
+        """The buckets on the server."""
+        raise NotImplementedError
+
+    async def exists(self, name: str) -> None:
+        """NotFound unless the bucket is on the server (one call, not a listing)."""
+        raise NotImplementedError
+
+    async def make(self, name: str) -> None:
+        raise NotImplementedError
+
+    async def show(self, root: Node, name: str) -> None:
+        """Bind the bucket below its new directory ``root`` (attached) and announce it."""
+        raise NotImplementedError
+
+    async def drop(self, name: str, root: Node) -> None:
+        raise NotImplementedError
 
     async def refresh(self) -> None:
-        """Keep kv/ in step with the server's buckets.
+        """Keep the directory in step with the server's buckets.
 
         Serialised: a listing is applied only by the task that took it, while
         no other refresh is adding or dropping views.
         """
         async with self._lock:
-            infos = await self.sv.store.buckets()
-            names = {bi.name for bi in infos}
+            names = await self.names()
             d, tree = self.root, self.sv.tree
             assert d.children is not None
+            now = time.monotonic()
             for name in sorted(names):
-                if name.encode() not in d.children:
+                if name.encode() not in d.children and now >= self._retry.get(name, 0.0):
                     root = tree.new(Kind.DIR, name.encode(), d)
                     root.local = True
                     tree.attach(d, root)
-                    tree.notify(d, root.name, root, "mkdir")
-                    await self.kv.bind(root, name)
+                    await self.show(root, name)
             for child in list(d.children.values()):
                 bucket = child.name.decode()
                 if bucket not in names:
-                    await self.kv.unbind(bucket, child)
+                    await self.drop(bucket, child)
                     tree.detach(child)
                     tree.notify(d, child.name, child, "delete")
 
     async def lookup(self, parent: Node, name: bytes, echo: bool) -> Node | None:
         assert parent.children is not None
         child = parent.children.get(name)
-        if child is None and re.fullmatch(rb"[a-zA-Z0-9_-]+", name):
-            # An unknown kv/NAME: one stream-info call, not a full listing.
+        if child is None and _BUCKET_NAME.fullmatch(name.decode(errors="replace")):
+            # An unknown NAME: one info call, not a full listing.
             try:
-                await self.sv.store.bucket(name.decode())
+                await self.exists(name.decode())
             except NotFound:
                 return None
             await self.refresh()
@@ -72,18 +99,18 @@ class BucketsProvider(Provider):
         try:
             await self.refresh()
         except HvfsError as e:
-            log.warning("bucket list: %s", e.reason)
+            log.warning("%s list: %s", self.what, e.reason)
 
     async def mkdir(self, parent: Node, name: bytes) -> Node:
         self.writable()
         bucket = name.decode(errors="replace")
-        if not re.fullmatch(r"[a-zA-Z0-9_-]+", bucket):
+        if not _BUCKET_NAME.fullmatch(bucket):
             raise InvalidName(f"{bucket!r} is not a valid bucket name")
         await self.refresh()
         assert parent.children is not None
         if name in parent.children:
-            raise Exists(f"bucket {bucket} exists")
-        await self.sv.store.create_bucket(bucket)
+            raise Exists(f"{self.what} {bucket} exists")
+        await self.make(bucket)
         await self.refresh()
         return parent.children[name]
 
@@ -91,4 +118,29 @@ class BucketsProvider(Provider):
         raise IsADirectory(f"{display(node)} is a directory")
 
     async def create(self, parent: Node, name: bytes, flags: int, pid: int) -> Handle:
-        raise NotPermitted(f"{display(parent)}: only bucket directories hold files")
+        raise NotPermitted(f"{display(parent)}: only bucket directories hold {self.holds}")
+
+
+class BucketsProvider(BucketList):
+    """``kv/``: one directory per KV bucket; ``mkdir kv/NAME`` creates a bucket."""
+
+    def __init__(self, sv: Services, kv: KvProvider, root: Node) -> None:
+        super().__init__(sv, root)
+        self.kv = kv
+
+    async def names(self) -> set[str]:
+        return {bi.name for bi in await self.sv.store.buckets()}
+
+    async def exists(self, name: str) -> None:
+        await self.sv.store.bucket(name)
+
+    async def make(self, name: str) -> None:
+        await self.sv.store.create_bucket(name)
+
+    async def show(self, root: Node, name: str) -> None:
+        # Announced first: the bind returns once the bucket's snapshot is in.
+        self.sv.tree.notify(self.root, root.name, root, "mkdir")
+        await self.kv.bind(root, name)
+
+    async def drop(self, name: str, root: Node) -> None:
+        await self.kv.unbind(name, root)

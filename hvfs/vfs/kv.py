@@ -731,19 +731,13 @@ class KvProvider(Provider):
         src_view, dst_view = src_parent.view, dst_parent.view
         if dst_view is None or dst_parent.provider is not self:
             raise NotPermitted(f"{display(dst_parent)}: only bucket directories hold files")
-        assert src_view is not None and src_parent.children is not None and dst_parent.children is not None
+        assert src_view is not None
         self.writable_view(src_view)
         self.writable_view(dst_view)
-        src = src_parent.children.get(old)
-        if src is None:
-            raise NotFound(f"{display(src_parent)}/{old.decode(errors='replace')}: no such file")
-        if flags & 2:  # RENAME_EXCHANGE
-            raise NotSupported("RENAME_EXCHANGE is not supported")
-        dst = dst_parent.children.get(new)
-        if dst is src:
+        ends = self.rename_ends(src_parent, old, dst_parent, new, flags)
+        if ends is None:
             return
-        if dst is not None and flags & 1:  # RENAME_NOREPLACE
-            raise Exists(f"{display(dst)} exists")
+        src, dst = ends
         if src.kind is Kind.DIR:
             if dst is not None and dst.kind is not Kind.DIR:
                 raise NotADirectory(f"{display(dst)} is not a directory")

@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import re
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -45,6 +44,7 @@ from ..errors import (
 from ..names import decode_token, encode_name
 from ..store import RESYNC, SYNCED, KvChange, Op, Watch
 from ..store.base import Corrupt, ObjBucketInfo, ObjChange, ObjectInfo, ObjectStore, sha256_digest
+from .buckets import BucketList
 from .handles import Handle
 from .policy import WRITER_HEADER
 from .provider import Provider, Services, keep_emptied
@@ -61,7 +61,6 @@ WINDOW = 8
 KEPT = 2 * WINDOW
 #: the bytes of a failed write kept in .hvfs/conflicts/ at most (the rest is cut, and said)
 CONFLICT_BYTES = 64 << 20
-_BUCKET_RE = re.compile(r"[a-zA-Z0-9_-]+")
 #: seconds before a bucket whose watch failed is tried again
 _RETRY = 30.0
 
@@ -521,18 +520,12 @@ class ObjectProvider(Provider):
         src_view, dst_view = src_parent.view, dst_parent.view
         if dst_parent.provider is not self or dst_view is None or dst_view is not src_view:
             raise CrossDevice("objects move within their bucket; elsewhere mv copies")
-        assert src_view is not None and src_parent.children is not None and dst_parent.children is not None
+        assert src_view is not None
         self.writable()
-        src = src_parent.children.get(old)
-        if src is None:
-            raise NotFound(f"{display(src_parent)}/{old.decode(errors='replace')}: no such file")
-        if flags & 2:  # RENAME_EXCHANGE
-            raise NotSupported("RENAME_EXCHANGE is not supported")
-        dst = dst_parent.children.get(new)
-        if dst is src:
+        ends = self.rename_ends(src_parent, old, dst_parent, new, flags)
+        if ends is None:
             return
-        if dst is not None and flags & 1:  # RENAME_NOREPLACE
-            raise Exists(f"{display(dst)} exists")
+        src, dst = ends
         if src.kind is Kind.DIR:
             raise CrossDevice("an object name prefix cannot be renamed at once: directories move by copy "
                               "(mv does this by itself)")
@@ -583,84 +576,41 @@ class ObjectProvider(Provider):
         return out
 
 
-class ObjectBucketsProvider(Provider):
+class ObjectBucketsProvider(BucketList):
     """``obj/``: one directory per object store bucket; ``mkdir obj/NAME`` creates one."""
 
+    what = "object bucket"
+    holds = "objects"
+
     def __init__(self, sv: Services, objects: ObjectProvider, root: Node) -> None:
-        super().__init__(sv)
+        super().__init__(sv, root)
         self.obj = objects.obj
         self.objects = objects
-        self.root = root
-        root.provider = self
-        self._lock = trio.Lock()
-        self._retry: dict[str, float] = {}  # bucket -> monotonic time its watch is tried again
 
-    async def refresh(self) -> None:
-        """Keep obj/ in step with the server's object buckets (serialised, as kv/ is)."""
-        async with self._lock:
-            infos = await self.obj.obj_buckets()
-            names = {bi.name for bi in infos}
-            d, tree = self.root, self.sv.tree
-            assert d.children is not None
-            now = time.monotonic()
-            for name in sorted(names):
-                if name.encode() not in d.children and now >= self._retry.get(name, 0.0):
-                    root = tree.new(Kind.DIR, name.encode(), d)
-                    root.local = True
-                    tree.attach(d, root)
-                    try:
-                        await self.objects.bind(root, name)
-                    except HvfsError as e:
-                        # Not fatal for the mount (a user without rights on this bucket, say):
-                        # the bucket is left out and tried again a little later.
-                        log.warning("object bucket %s not shown: %s", name, e.reason)
-                        self._retry[name] = now + _RETRY
-                        await self.objects.unbind(name, root)
-                        tree.detach(root)
-                        continue
-                    self._retry.pop(name, None)
-                    tree.notify(d, root.name, root, "mkdir")
-            for child in list(d.children.values()):
-                bucket = child.name.decode()
-                if bucket not in names:
-                    await self.objects.unbind(bucket, child)
-                    tree.detach(child)
-                    tree.notify(d, child.name, child, "delete")
+    async def names(self) -> set[str]:
+        return {bi.name for bi in await self.obj.obj_buckets()}
 
-    async def lookup(self, parent: Node, name: bytes, echo: bool) -> Node | None:
-        assert parent.children is not None
-        child = parent.children.get(name)
-        if child is None and _BUCKET_RE.fullmatch(name.decode(errors="replace")):
-            try:
-                await self.obj.obj_bucket(name.decode())
-            except NotFound:
-                return None
-            await self.refresh()
-            child = parent.children.get(name)
-        return child
+    async def exists(self, name: str) -> None:
+        await self.obj.obj_bucket(name)
 
-    async def listing(self, d: Node) -> None:
+    async def make(self, name: str) -> None:
+        await self.obj.create_obj_bucket(name)
+
+    async def show(self, root: Node, name: str) -> None:
+        tree = self.sv.tree
         try:
-            await self.refresh()
+            await self.objects.bind(root, name)
         except HvfsError as e:
-            log.warning("object bucket list: %s", e.reason)
+            # Not fatal for the mount (a user without rights on this bucket, say):
+            # the bucket is left out and tried again a little later.
+            log.warning("object bucket %s not shown: %s", name, e.reason)
+            self._retry[name] = time.monotonic() + _RETRY
+            await self.objects.unbind(name, root)
+            tree.detach(root)
+            return
+        self._retry.pop(name, None)
+        tree.notify(self.root, root.name, root, "mkdir")
 
-    async def mkdir(self, parent: Node, name: bytes) -> Node:
-        self.writable()
-        bucket = name.decode(errors="replace")
-        if not _BUCKET_RE.fullmatch(bucket):
-            raise InvalidName(f"{bucket!r} is not a valid bucket name")
-        await self.refresh()
-        assert parent.children is not None
-        if name in parent.children:
-            raise Exists(f"object bucket {bucket} exists")
-        await self.obj.create_obj_bucket(bucket)
-        await self.refresh()
-        return parent.children[name]
-
-    async def open(self, node: Node, flags: int, pid: int) -> Handle:
-        raise IsADirectory(f"{display(node)} is a directory")
-
-    async def create(self, parent: Node, name: bytes, flags: int, pid: int) -> Handle:
-        raise NotPermitted(f"{display(parent)}: only bucket directories hold objects")
+    async def drop(self, name: str, root: Node) -> None:
+        await self.objects.unbind(name, root)
 

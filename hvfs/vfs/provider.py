@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import trio
 
 from ..errors import (
+    Exists,
     HvfsError,
     Invalid,
     NotADirectory,
@@ -242,6 +243,24 @@ class Provider:
             raise ReadOnly("mounted read-only")
         if read_only and binding is not None:
             raise ReadOnly(f"{display(binding)} is read-only (its binding says so)")
+
+    def rename_ends(self, src_parent: Node, old: bytes, dst_parent: Node, new: bytes,
+                    flags: int) -> tuple[Node, Node | None] | None:
+        """The source and the entry it replaces (None: a new name) of a rename of files
+        in a binding, after the checks every such rename makes; None: both are one file
+        (nothing to do)."""
+        assert src_parent.children is not None and dst_parent.children is not None
+        src = src_parent.children.get(old)
+        if src is None:
+            raise NotFound(f"{display(src_parent)}/{old.decode(errors='replace')}: no such file")
+        if flags & 2:  # RENAME_EXCHANGE
+            raise NotSupported("RENAME_EXCHANGE is not supported")
+        dst = dst_parent.children.get(new)
+        if dst is src:
+            return None
+        if dst is not None and flags & 1:  # RENAME_NOREPLACE
+            raise Exists(f"{display(dst)} exists")
+        return src, dst
 
     def remove_empty_dir(self, parent: Node, name: bytes, node: Node | None) -> None:
         """rmdir of a directory of keys or objects (made here, or left by keys that went)."""
