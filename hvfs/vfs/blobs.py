@@ -35,7 +35,7 @@ from ..errors import (
 )
 from ..store.base import Corrupt, sha256_digest
 from .handles import Handle
-from .objects import _WRITE, ObjectProvider, ObjHandle, key_of
+from .objects import _WRITE, ObjectProvider, ObjHandle, key_of, truncate_spooled, write_spooled
 from .provider import Provider, Services
 from .tree import Kind, KvView, Node, display
 
@@ -154,27 +154,12 @@ class IncomingProvider(Provider):
         return os.pread(h.spool.fileno(), size, off) if off < h.size else b""
 
     async def write(self, h: Handle, off: int, buf: bytes) -> int:
-        assert isinstance(h, ObjHandle) and h.spool is not None
-        if h.append:
-            off = h.size
-        end = off + len(buf)
-        await self._grow(h, end)
-        os.pwrite(h.spool.fileno(), buf, off)
-        h.size = max(h.size, end)
-        self.sv.changed(h)
-        h.node.told = max(h.node.told, end)
-        return len(buf)
+        return await write_spooled(self.sv, self._grow, h, off, buf)
 
     async def truncate(self, h: Handle, size: int) -> None:
-        assert isinstance(h, ObjHandle) and h.spool is not None
-        await self._grow(h, size)
-        os.ftruncate(h.spool.fileno(), size)
-        h.size = size
-        self.sv.changed(h)
+        await truncate_spooled(self.sv, self._grow, h, size)
 
     async def _grow(self, h: ObjHandle, end: int) -> None:
-        if end <= h.size:
-            return
         view, _ = self._view(h.node)
         limit = await self.blobs._limit(view.bucket)
         if 0 < limit < end:

@@ -23,6 +23,7 @@ import logging
 import os
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, cast
@@ -50,7 +51,8 @@ from .policy import WRITER_HEADER
 from .provider import Provider, Services, keep_emptied
 from .tree import Kind, KvView, Node, display
 
-__all__ = ["ObjHandle", "ObjectBucketsProvider", "ObjectProvider", "key_of", "name_of"]
+__all__ = ["ObjHandle", "ObjectBucketsProvider", "ObjectProvider", "key_of", "name_of", "truncate_spooled",
+           "write_spooled"]
 
 log = logging.getLogger(__name__)
 
@@ -418,25 +420,10 @@ class ObjectProvider(Provider):
             raise err
 
     async def write(self, h: Handle, off: int, buf: bytes) -> int:
-        assert isinstance(h, ObjHandle) and h.spool is not None
-        if h.append:
-            off = h.size
-        end = off + len(buf)
-        if end > h.size:
-            await self._grow(h, end)
-        os.pwrite(h.spool.fileno(), buf, off)
-        h.size = max(h.size, end)
-        self.sv.changed(h)
-        h.node.told = max(h.node.told, end)
-        return len(buf)
+        return await write_spooled(self.sv, self._grow, h, off, buf)
 
     async def truncate(self, h: Handle, size: int) -> None:
-        assert isinstance(h, ObjHandle) and h.spool is not None
-        if size > h.size:
-            await self._grow(h, size)
-        os.ftruncate(h.spool.fileno(), size)
-        h.size = size
-        self.sv.changed(h)
+        await truncate_spooled(self.sv, self._grow, h, size)
 
     async def flush(self, h: Handle, final: bool) -> None:
         """Put the spool as the object's new content: CAS on the revision the handle saw."""
@@ -574,6 +561,34 @@ class ObjectProvider(Provider):
         for k, v in info.metadata.items():
             out[META_XATTR + k.encode()] = v.encode()
         return out
+
+
+Grow = Callable[["ObjHandle", int], Awaitable[None]]
+
+
+async def write_spooled(sv: Services, grow: Grow, h: Handle, off: int, buf: bytes) -> int:
+    """A write into a handle's spool file (objects, blobs); ``grow`` refuses a size past
+    the bucket's max bytes (EFBIG) before anything is written."""
+    assert isinstance(h, ObjHandle) and h.spool is not None
+    if h.append:
+        off = h.size
+    end = off + len(buf)
+    if end > h.size:
+        await grow(h, end)
+    os.pwrite(h.spool.fileno(), buf, off)
+    h.size = max(h.size, end)
+    sv.changed(h)
+    h.node.told = max(h.node.told, end)
+    return len(buf)
+
+
+async def truncate_spooled(sv: Services, grow: Grow, h: Handle, size: int) -> None:
+    assert isinstance(h, ObjHandle) and h.spool is not None
+    if size > h.size:
+        await grow(h, size)
+    os.ftruncate(h.spool.fileno(), size)
+    h.size = size
+    sv.changed(h)
 
 
 class ObjectBucketsProvider(BucketList):
