@@ -71,6 +71,7 @@ from .base import (
 )
 from .objrules import (
     check_chunk,
+    check_current,
     check_digest,
     check_last,
     check_obj_name,
@@ -984,11 +985,7 @@ class MemoryStore:
 
         def run() -> None:
             st = self._obj_stream(bucket)
-            cur = _obj_now(st, bucket, name)
-            if cur is None or cur.deleted:
-                raise NotFound(f"{what}: no such object")
-            if last and last != cur.revision:
-                raise Conflict(f"{what}: revision {last} is not current", current=cur.revision)
+            cur = check_current(_obj_now(st, bucket, name), last, what)
             doc = obj_meta_doc(bucket, name, cur.nuid, 0, 0, "", cur.chunk_size, cur.headers, cur.metadata,
                                deleted=True)
             _purge(st, meta_subj)
@@ -1004,11 +1001,7 @@ class MemoryStore:
 
         def run() -> ObjectInfo:
             st = self._obj_stream(bucket)
-            src = _obj_now(st, bucket, name)
-            if src is None or src.deleted:
-                raise NotFound(f"{what}: no such object")
-            if last and last != src.revision:
-                raise Conflict(f"{what}: revision {last} is not current", current=src.revision)
+            src = check_current(_obj_now(st, bucket, name), last, what)
             dst = _obj_now(st, bucket, new)
             check_last(dst, new_last, what)
             doc = obj_meta_doc(bucket, new, src.nuid, src.size, src.chunks, src.digest, src.chunk_size,

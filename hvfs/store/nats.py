@@ -64,6 +64,7 @@ from .base import (
 from .natssubs import KvWatch, NatsQueue, StreamWatch, read_since, storage_of, stream_info, ts
 from .objrules import (
     check_chunk,
+    check_current,
     check_digest,
     check_last,
     check_obj_name,
@@ -1183,11 +1184,7 @@ class NatsStore:
         stream = f"OBJ_{bucket}"
 
         async def run() -> None:
-            cur = await self._obj_meta(bucket, name)
-            if cur is None or cur.deleted:
-                raise NotFound(f"{what}: no such object")
-            if last and last != cur.revision:
-                raise Conflict(f"{what}: revision {last} is not current", current=cur.revision)
+            cur = check_current(await self._obj_meta(bucket, name), last, what)
             doc = obj_meta_doc(bucket, name, cur.nuid, 0, 0, "", cur.chunk_size, cur.headers, cur.metadata,
                                deleted=True)
             try:
@@ -1209,11 +1206,7 @@ class NatsStore:
         stream = f"OBJ_{bucket}"
 
         async def run() -> ObjectInfo:
-            src = await self._obj_meta(bucket, name)
-            if src is None or src.deleted:
-                raise NotFound(f"{what}: no such object")
-            if last and last != src.revision:
-                raise Conflict(f"{what}: revision {last} is not current", current=src.revision)
+            src = check_current(await self._obj_meta(bucket, name), last, what)
             dst = await self._obj_meta(bucket, new)
             expect = check_last(dst, new_last, what)
             doc = obj_meta_doc(bucket, new, src.nuid, src.size, src.chunks, src.digest, src.chunk_size,

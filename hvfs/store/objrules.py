@@ -13,11 +13,11 @@ import hashlib
 import json
 from collections.abc import Mapping
 
-from ..errors import Conflict, InvalidName, NameTooLong
+from ..errors import Conflict, InvalidName, NameTooLong, NotFound
 from .base import CHUNK_DIGEST_HEADER, OBJ_CHUNK_SIZE, Corrupt, ObjectInfo, sha256_digest
 from .rules import check_bucket
 
-__all__ = ["check_chunk", "check_digest", "verify_digest", "check_last", "check_obj_name", "obj_chunk_subject", "obj_meta_doc",
+__all__ = ["check_chunk", "check_current", "check_digest", "verify_digest", "check_last", "check_obj_name", "obj_chunk_subject", "obj_meta_doc",
            "obj_meta_subject", "parse_obj_meta"]
 
 #: the longest meta subject hvfs sends (the server's control line is 4096 bytes)
@@ -103,6 +103,16 @@ def obj_meta_doc(bucket: str, name: str, nuid: str, size: int, chunks: int, dige
     if deleted:
         doc["deleted"] = True
     return json.dumps(doc, separators=(",", ":")).encode()
+
+
+def check_current(cur: ObjectInfo | None, last: int | None, what: str) -> ObjectInfo:
+    """The object a delete or rename acts on: NotFound if there is none (or only its delete
+    marker), Conflict if ``last`` (0 or None: any) is not its current revision."""
+    if cur is None or cur.deleted:
+        raise NotFound(f"{what}: no such object")
+    if last and last != cur.revision:
+        raise Conflict(f"{what}: revision {last} is not current", current=cur.revision)
+    return cur
 
 
 def check_last(cur: ObjectInfo | None, last: int, what: str) -> int:
