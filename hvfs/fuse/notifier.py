@@ -22,8 +22,11 @@ before a change always hears it.
 
 Everything that talks to the kernel from outside a request runs here:
 calling ``invalidate_entry`` or a self-operation from the trio thread while a
-request is in flight deadlocks the mount. No handler ever waits for this
-thread; it only reads a queue the trio thread fills.
+request is in flight deadlocks the mount. No handler blocks on this thread;
+it only reads a queue the trio thread fills. A handler whose change the kernel
+did not see as an operation may await (not block, bounded) the moment the
+kernel has heard it (``when_told``, ``Services.told``), so that later calls on
+the mount find it; trio goes on answering requests, this thread's too.
 """
 
 from __future__ import annotations
