@@ -527,7 +527,9 @@ class Vfs:
                                  ("cache_hits", "opens served from the watch without a get (--cache watch)",
                                   "hvfs_cache_hits"),
                                  ("cache_misses", "opens that needed a get (--cache watch)",
-                                  "hvfs_cache_misses")):
+                                  "hvfs_cache_misses"),
+                                 ("told_late", "requests that stopped waiting for the kernel to hear "
+                                  "their side effects (a file leaving incoming/) after 2 s", None)):
             m.counter(f"vfs.{name}", help, prom)
         st = self.store.state
         m.gauge("nats.connected", lambda: st.connected, "connected to NATS (1) or not (0)")

@@ -114,8 +114,10 @@ class Services:
                     token.run_sync_soon(done.set)
 
             teller(wake)
-            with trio.move_on_after(TOLD_WAIT):
+            with trio.move_on_after(TOLD_WAIT) as late:
                 await done.wait()
+            if late.cancelled_caught:
+                self.metrics.inc("vfs.told_late")
 
     def fail(self, h: Handle, err: HvfsError, data: bytes, where: str, current: int | None = None,
              msg_id: str = "") -> None:
