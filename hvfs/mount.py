@@ -36,6 +36,7 @@ from .errors import HvfsError, Invalid, Unavailable
 from .server import EmbeddedServer
 from .store.nats import NatsStore
 from .vfs.core import Vfs
+from .vfs.provider import called_back
 
 __all__ = ["BINDINGS", "MountOptions", "check_mountpoint", "fd_mountpoint", "run_mount"]
 
@@ -401,16 +402,7 @@ def _pyfuse3(opts: MountOptions, core: Vfs, state: dict[str, object],
         async def drain() -> None:
             """Let the notifier finish the change it repeats while requests are still
             answered: once the loop has stopped, its request would wait forever."""
-            ended = trio.Event()
-            token = trio.lowlevel.current_trio_token()
-
-            def wake() -> None:
-                with contextlib.suppress(trio.RunFinishedError):
-                    token.run_sync_soon(ended.set)
-
-            notifier.stop_soon(wake)
-            with trio.move_on_after(2.0):
-                await ended.wait()
+            await called_back(notifier.stop_soon, 2.0)
 
         state["drain"] = drain
         core.tree.listeners.append(notifier.enqueue)

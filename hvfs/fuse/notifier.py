@@ -34,6 +34,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import sys
 import threading
 import time
 from collections import deque
@@ -92,8 +93,7 @@ class Notifier:
         self._pending_modify: set[int] = set()
         self._told = 0  # the seq of the last item done
         self._waiters: list[tuple[int, Callable[[], None]]] = []
-        self._ended: list[Callable[[], None]] = []
-        self._exiting = False  # the thread has taken ``_ended`` and is on its way out
+        self._exiting = False  # the thread has called its last waiters and is on its way out
         self._thread = threading.Thread(target=self._run, name="hvfs-notifier", daemon=True)
         self._watched = Watched(device) if device else None
         self._ready = threading.Event()
@@ -125,7 +125,7 @@ class Notifier:
             self._stop = True
             self._cv.notify()
             if self._thread.is_alive() and not self._exiting:
-                self._ended.append(ended)
+                self._waiters.append((sys.maxsize, ended))  # woken only as the thread ends
                 return
         ended()
 
@@ -189,7 +189,6 @@ class Notifier:
                 while not self._q and not self._stop:
                     self._cv.wait()
                 if self._stop:
-                    ended, self._ended, self._exiting = self._ended, [], True
                     break
                 item = self._q.popleft()
             t0 = time.monotonic()
@@ -226,14 +225,15 @@ class Notifier:
                 self.lag_ms.append((time.monotonic() - t0) * 1000)
                 self._wake(item.seq)
         self._wake(None)
-        for fn in ended:
-            fn()
 
     def _wake(self, told: int | None) -> None:
-        """Record ``told`` as done and call the waiters it satisfies (None: all, at stop)."""
+        """Record ``told`` as done and call the waiters it satisfies (None: all, as the
+        thread ends)."""
         with self._cv:
             if told is not None:
                 self._told = told
+            else:
+                self._exiting = True
             if not self._waiters:
                 return
             due = [fn for seq, fn in self._waiters if told is None or seq <= told]

@@ -44,7 +44,24 @@ from .tree import Kind, Node, Tree, display
 #: The longest a request waits for the notifier to tell the kernel of its side effects.
 TOLD_WAIT = 2.0
 
-__all__ = ["Provider", "Services", "keep_emptied", "size_unknown", "spliced"]
+__all__ = ["Provider", "Services", "called_back", "keep_emptied", "size_unknown", "spliced"]
+
+
+async def called_back(register: Callable[[Callable[[], None]], None], within: float) -> bool:
+    """Give ``register`` a function that another thread calls once its work is done, and
+    wait (without blocking trio) at most ``within`` s for the call; False: it did not come."""
+    done = trio.Event()
+    token = trio.lowlevel.current_trio_token()
+
+    def call() -> None:
+        with contextlib.suppress(trio.RunFinishedError):
+            token.run_sync_soon(done.set)
+
+    register(call)
+    with trio.move_on_after(within):
+        await done.wait()
+        return True
+    return False
 
 
 def spliced(data: bytes | bytearray, off: int, buf: bytes) -> bytes:
@@ -105,18 +122,8 @@ class Services:
         (a file leaving ``incoming/``): once the request returns, later calls on
         this mount must not find the kernel's cached entry.
         """
-        token = trio.lowlevel.current_trio_token()
         for teller in self.tree.tellers:
-            done = trio.Event()
-
-            def wake(done: trio.Event = done) -> None:
-                with contextlib.suppress(trio.RunFinishedError):
-                    token.run_sync_soon(done.set)
-
-            teller(wake)
-            with trio.move_on_after(TOLD_WAIT) as late:
-                await done.wait()
-            if late.cancelled_caught:
+            if not await called_back(teller, TOLD_WAIT):
                 self.metrics.inc("vfs.told_late")
 
     def fail(self, h: Handle, err: HvfsError, data: bytes, where: str, current: int | None = None,
