@@ -89,12 +89,13 @@ def weighted_pct(parts: list[tuple[list[float], float]], q: float) -> float:
 TICK = os.sysconf("SC_CLK_TCK")
 
 
-def proc_cpu(pid: int | None) -> float:
-    """User+system CPU seconds of a process (all its threads); nan if unknown."""
+def proc_cpu(pid: int | None, tid: int | None = None) -> float:
+    """User+system CPU seconds of a process (all its threads), or of its thread ``tid``;
+    nan if unknown."""
     if pid is None:
         return float("nan")
     try:
-        with open(f"/proc/{pid}/stat") as f:
+        with open(f"/proc/{pid}/task/{tid}/stat" if tid is not None else f"/proc/{pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / TICK
     except (OSError, IndexError, ValueError):

@@ -27,6 +27,7 @@ import nats  # noqa: E402
 from nats.js.api import StreamConfig  # noqa: E402
 
 from bench.bench_notify import start_mount, stop_mount  # noqa: E402
+from bench.bench_parallel import proc_cpu  # noqa: E402
 from hvfs.server import EmbeddedServer  # noqa: E402
 
 
@@ -68,13 +69,6 @@ def file_publish(d: Path, n: int) -> list[float]:
 def bare_request(mp: Path, pid: int, n: int = 20_000) -> tuple[float, float]:
     """(wall, CPU of the mount's main thread) per request, in microseconds, of a request
     that does nothing: the floor every FUSE request of a publish pays."""
-    tck = os.sysconf("SC_CLK_TCK")
-
-    def cpu() -> float:
-        with open(f"/proc/{pid}/task/{pid}/stat") as f:
-            fields = f.read().rpartition(")")[2].split()
-        return (int(fields[11]) + int(fields[12])) / tck
-
     def go(k: int) -> None:
         for _ in range(k):
             try:
@@ -83,9 +77,9 @@ def bare_request(mp: Path, pid: int, n: int = 20_000) -> tuple[float, float]:
                 pass
 
     go(1000)
-    c0, t0 = cpu(), time.perf_counter()
+    c0, t0 = proc_cpu(pid, pid), time.perf_counter()
     go(n)
-    return (time.perf_counter() - t0) / n * 1e6, (cpu() - c0) / n * 1e6
+    return (time.perf_counter() - t0) / n * 1e6, (proc_cpu(pid, pid) - c0) / n * 1e6
 
 
 async def fill(url: str, stream: str, subject: str, n: int) -> float:
